@@ -1,0 +1,210 @@
+"""Standard parametrization (SP) and Maximal Update Parametrization (µP), in one place.
+
+A parametrization decides three things about a GPT of a given width:
+  1. how it is built and initialised (µP: base shapes, `mup.init`, a width-aware readout),
+  2. its forward multipliers (µP: attention scale α/d_head, input and output multipliers),
+  3. the per-group learning rates and weight decay handed to the optimizer.
+Everything else in the project is parametrization-agnostic and asks this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn as nn
+from mup import MuReadout, MuSharedReadout, set_base_shapes
+from mup import init as mup_init
+from mup.infshape import InfShape
+
+from mugpt.model import GPT, GPTConfig
+
+
+class StandardParametrization:
+    """GPT-2 as published: N(0, 0.02) init, 1/sqrt(d_head) attention, one learning rate for all."""
+
+    name = "sp"
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def build_model(self, config: GPTConfig) -> GPT:
+        return GPT(config)
+
+    def param_groups(self, model: GPT, lr: float, weight_decay: float, optimizer: str = "adamw") -> list[dict]:
+        """Decay only matrices and embeddings (≥2-D); biases and LayerNorm gains are left alone."""
+        decay, no_decay = [], []
+        for _, p in _named_unique_parameters(model):
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        return [
+            {"name": "decay", "params": decay, "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay},
+            {"name": "no_decay", "params": no_decay, "lr": lr, "lr_mult": 1.0, "weight_decay": 0.0},
+        ]
+
+
+def _named_unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """named_parameters() already skips the tied head's second name; this keeps that explicit."""
+    seen: set[int] = set()
+    out = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append((name, p))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- µP
+# Optimizer families with a µP learning-rate rule (Tensor Programs V, table 3 and appendix B).
+# Adam-like optimizers normalise the gradient entrywise: hidden matrices get lr/m, everything else lr.
+ADAM_LIKE = {"adamw", "adam", "adagrad", "rmsprop", "adam8bit", "adafactor"}
+SGD_LIKE = {"sgd"}
+
+
+class _CachedWidthMult:
+    """mup's readouts read `weight.infshape` on every forward. `copy.deepcopy`, FSDP's flat parameters and
+    torch.compile lose or trip on that attribute (mup #59, #60), so the multiplier is cached as a float."""
+
+    cached_width_mult: float | None = None
+
+    def width_mult(self) -> float:
+        if self.cached_width_mult is None:
+            self.cached_width_mult = float(super().width_mult())
+        return self.cached_width_mult
+
+
+class Readout(_CachedWidthMult, MuReadout):
+    """Untied µP readout: logits = output_mult / m · W h."""
+
+
+class SharedReadout(_CachedWidthMult, MuSharedReadout):
+    """µP readout tied to the token embedding."""
+
+
+class MaximalUpdateParametrization:
+    """µP through Microsoft's `mup` package, with its known gaps closed here.
+
+    base_width: the width at which µP and SP coincide (the donor's width in a µTransfer experiment).
+    attn_alpha: attention logits are scaled by attn_alpha / d_head; None picks sqrt(base d_head), so that at
+        base width the scale equals SP's 1/sqrt(d_head) and the two parametrizations compute the same function.
+    input_mult, output_mult: forward multipliers on the embedding output and on the logits (tunable).
+    readout_zero_init: zero the untied readout (mup's suggestion); the tied readout is the embedding.
+    query_zero_init: zero the query projection, so attention starts uniform at every width.
+    """
+
+    name = "mup"
+
+    def __init__(self, base_width: int = 256, attn_alpha: float | None = None, input_mult: float = 1.0,
+                 output_mult: float = 1.0, readout_zero_init: bool = False, query_zero_init: bool = False) -> None:
+        if not isinstance(base_width, int) or base_width <= 0:
+            raise ValueError(f"parametrization.base_width must be a positive integer, got {base_width!r}")
+        for key, value in (("input_mult", input_mult), ("output_mult", output_mult)):
+            if value <= 0:
+                raise ValueError(f"parametrization.{key} must be positive, got {value}")
+        self.base_width = base_width
+        self.attn_alpha = attn_alpha
+        self.input_mult = input_mult
+        self.output_mult = output_mult
+        self.readout_zero_init = readout_zero_init
+        self.query_zero_init = query_zero_init
+
+    # ---------------------------------------------------------------- build
+    def _with_multipliers(self, config: GPTConfig, width: int) -> GPTConfig:
+        if width % config.n_head:
+            raise ValueError(f"parametrization.base_width: width {width} is not divisible by model.n_head={config.n_head}")
+        alpha = self.attn_alpha if self.attn_alpha is not None else math.sqrt(self.base_width // config.n_head)
+        return replace(config, width=width, attn_scale=alpha / (width // config.n_head), embed_mult=self.input_mult)
+
+    def _assemble(self, config: GPTConfig) -> GPT:
+        model = GPT(config)
+        if config.tie_embeddings:
+            model.lm_head = SharedReadout(model.tok_emb.weight, bias=False, output_mult=self.output_mult)
+        else:
+            model.lm_head = Readout(config.width, config.padded_vocab_size, bias=False,
+                                    output_mult=self.output_mult, readout_zero_init=self.readout_zero_init)
+        return model
+
+    def build_model(self, config: GPTConfig) -> GPT:
+        if config.width % config.n_head:
+            raise ValueError(f"model.width={config.width} is not divisible by model.n_head={config.n_head}")
+        model = self._assemble(self._with_multipliers(config, config.width))
+        # Base and delta differ in every width dimension (d_model, MLP width, head size); built on the meta
+        # device, they cost no memory. Shapes are set before any torch.compile.
+        with torch.device("meta"):
+            base = self._assemble(self._with_multipliers(config, self.base_width))
+            delta = self._assemble(self._with_multipliers(config, 2 * self.base_width))
+        set_base_shapes(model, base, delta=delta, rescale_params=False)
+        # Kept on the module as a plain dict too: tensor attributes like p.infshape do not survive deepcopy.
+        model.infshapes = {name: p.infshape for name, p in model.named_parameters()}
+        model.lm_head.width_mult()  # cache the readout's multiplier while infshape is there
+        self.init_weights(model)
+        return model
+
+    @torch.no_grad()
+    def init_weights(self, model: GPT) -> None:
+        """µP init: hidden matrices N(0, σ²/m) through mup.init (σ at base width = GPT-2's), vectors and
+        embeddings keep a width-independent σ (undoing MuSharedReadout's rescale, mup #55)."""
+        c = model.config
+        resid_std = c.init_std / math.sqrt(2 * c.n_layer)
+        resid = {id(p.weight) for p in model.residual_projections()}
+        for name, p in model.named_parameters():
+            shape = model.infshapes[name]
+            if p.dim() == 1:
+                (nn.init.ones_ if "ln" in name and name.endswith("weight") else nn.init.zeros_)(p)
+            elif shape.ninf() == 2:
+                mup_init.normal_(p, std=resid_std if id(p) in resid else c.init_std)
+            elif name == "lm_head.weight" and self.readout_zero_init:
+                nn.init.zeros_(p)
+            else:
+                nn.init.normal_(p, std=c.init_std)
+        if self.query_zero_init:
+            for block in model.blocks:
+                block.attn.qkv.weight[: c.width].zero_()
+                if block.attn.qkv.bias is not None:
+                    block.attn.qkv.bias[: c.width].zero_()
+
+    # --------------------------------------------------------- learning rates
+    @staticmethod
+    def lr_multiplier(shape: InfShape, optimizer: str) -> float:
+        """The µP factor on the base learning rate of a parameter of this shape, for an optimizer family."""
+        if optimizer in ADAM_LIKE:
+            return 1.0 / shape.width_mult() if shape.ninf() == 2 else 1.0
+        if optimizer in SGD_LIKE:
+            if shape.ninf() == 2:
+                return 1.0 / shape.fanin_fanout_mult_ratio()
+            return float(shape.width_mult()) if shape.ninf() == 1 else 1.0
+        raise ValueError(f"optim.name={optimizer}: parametrization=mup has no learning-rate rule for it "
+                         f"(known: {', '.join(sorted(ADAM_LIKE | SGD_LIKE))})")
+
+    def param_groups(self, model: GPT, lr: float, weight_decay: float, optimizer: str = "adamw") -> list[dict]:
+        """One group per (µP multiplier, decay or not). Weight decay is scaled inversely to the learning rate,
+        so each step shrinks a weight by the same fraction lr·wd at every width: the donor's decay transfers."""
+        groups: dict[tuple[float, bool], dict] = {}
+        for name, p in _named_unique_parameters(model):
+            shape = model.infshapes[name]
+            mult = self.lr_multiplier(shape, optimizer)
+            decay = p.dim() >= 2
+            key = (mult, decay)
+            if key not in groups:
+                kind = "hidden" if shape.ninf() == 2 else "vector"
+                groups[key] = {"name": f"{kind}{'' if decay else '_no_decay'}_x{mult:g}", "params": [],
+                               "lr": lr * mult, "lr_mult": mult,
+                               "weight_decay": weight_decay / mult if decay else 0.0}
+            groups[key]["params"].append(p)
+        return list(groups.values())
+
+
+
+PARAMETRIZATIONS = {"sp": StandardParametrization, "mup": MaximalUpdateParametrization}
+
+
+def get_parametrization(cfg: Any) -> StandardParametrization | MaximalUpdateParametrization:
+    """Build the parametrization named by cfg['name'] with the rest of cfg as options."""
+    options = dict(cfg)
+    name = options.pop("name")
+    try:
+        cls = PARAMETRIZATIONS[name]
+    except KeyError:
+        raise ValueError(f"parametrization: unknown option '{name}' (choose one of {', '.join(PARAMETRIZATIONS)})") from None
+    return cls(**options)
