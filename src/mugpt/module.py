@@ -1,0 +1,87 @@
+"""The LightningModule: training/validation steps, metrics and the optimizer wiring.
+
+Model construction and learning-rate rules are delegated to `mugpt.parametrization`, the optimizer and
+schedule to `mugpt.optim`, so this file only says what happens at each step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MeanMetric
+
+from mugpt.model import GPT, GPTConfig
+from mugpt.optim import build_optimizer, build_scheduler, lr_factor
+from mugpt.parametrization import get_parametrization
+
+
+def _plain(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+class GPTLightningModule(L.LightningModule):
+    def __init__(self, model: dict, parametrization: dict, optim: dict, compile_mode: str | None = None) -> None:
+        super().__init__()
+        model, parametrization, optim = _plain(model), _plain(parametrization), _plain(optim)
+        self.save_hyperparameters({"model": model, "parametrization": parametrization, "optim": optim,
+                                   "compile_mode": compile_mode})
+        self.optim_cfg = OmegaConf.create(optim)
+        self.parametrization = get_parametrization(parametrization)
+        self.model: GPT = self.parametrization.build_model(GPTConfig(**model))
+        # The compiled forward is kept off the module tree so checkpoints hold plain parameter names.
+        self._forward = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
+        self.val_loss = MeanMetric()
+        self.last_val_step = -1
+
+    @property
+    def config(self) -> GPTConfig:
+        return self.model.config
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self._forward(idx, targets)
+
+    # --------------------------------------------------------------- steps
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self(x, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optim_cfg.lr * lr_factor(self.global_step, self.optim_cfg, self._max_steps()))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        _, loss = self(x, y)
+        self.val_loss.update(loss, weight=y.numel())
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss))
+        self.last_val_step = self.global_step
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Gradient norm before clipping: the number to watch when training becomes unstable.
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self.log("train/grad_norm", norm)
+
+    # ----------------------------------------------------------- optimizer
+    def _max_steps(self) -> int:
+        return max(1, self.trainer.max_steps) if self._trainer is not None else 1
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        groups = self.parametrization.param_groups(self.model, cfg.lr, cfg.weight_decay, optimizer=cfg.name)
+        optimizer = build_optimizer(groups, cfg, on_cuda=self.device.type == "cuda")
+        scheduler = build_scheduler(optimizer, cfg, self._max_steps())
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))

@@ -1,0 +1,79 @@
+"""Optimizers and learning-rate schedules over the parameter groups a parametrization yields.
+
+Each group carries its own `lr` (the base learning rate times the parametrization's multiplier) and
+`weight_decay`; schedules multiply every group by the same factor, so µP's per-group ratios survive.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+SCHEDULES = ("cosine", "constant", "linear", "wsd", "exponential")
+
+
+def check_schedule(cfg: Any, max_steps: int) -> None:
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule: unknown schedule '{cfg.schedule}' (choose one of {', '.join(SCHEDULES)})")
+    if cfg.warmup_steps < 0 or (max_steps > 0 and cfg.warmup_steps > max_steps):
+        raise ValueError(f"optim.warmup_steps={cfg.warmup_steps} must lie in [0, trainer.max_steps={max_steps}]")
+    if cfg.lr <= 0:
+        raise ValueError(f"optim.lr must be positive, got {cfg.lr}")
+
+
+def lr_factor(step: int, cfg: Any, max_steps: int) -> float:
+    """The schedule's multiplier of the base learning rate at optimizer step `step` (0-based).
+
+    cosine: linear warmup, then half a cosine down to min_lr_ratio at max_steps.
+    constant: warmup, then 1.  linear: warmup, then straight down to min_lr_ratio.
+    wsd: warmup, stable at 1, then a linear decay over the last decay_fraction of training.
+    exponential: warmup, then growth (or decay) by exp_gamma per step.
+    """
+    warmup = cfg.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    floor = cfg.min_lr_ratio
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    progress = min(progress, 1.0)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.schedule == "linear":
+        return 1.0 - (1.0 - floor) * progress
+    if cfg.schedule == "wsd":
+        decay_start = max_steps - int(cfg.decay_fraction * max_steps)
+        if step < decay_start:
+            return 1.0
+        return 1.0 - (1.0 - floor) * min(1.0, (step - decay_start) / max(1, max_steps - decay_start))
+    if cfg.schedule == "exponential":
+        return cfg.exp_gamma ** (step - warmup)
+    raise ValueError(f"optim.schedule: unknown schedule '{cfg.schedule}'")
+
+
+def build_scheduler(optimizer: Optimizer, cfg: Any, max_steps: int) -> LambdaLR:
+    return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, max_steps))
+
+
+def _adamw(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    fused = cfg.get("fused", "auto")
+    use_fused = on_cuda if fused == "auto" else bool(fused)
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+        fused=use_fused or None, foreach=None if use_fused else True,
+    )
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], Any, bool], Optimizer]] = {"adamw": _adamw}
+
+
+def build_optimizer(groups: list[dict], cfg: Any, on_cuda: bool = False) -> Optimizer:
+    try:
+        factory = OPTIMIZERS[cfg.name]
+    except KeyError:
+        raise ValueError(f"optim.name: unknown optimizer '{cfg.name}' (choose one of {', '.join(OPTIMIZERS)})") from None
+    return factory(groups, cfg, on_cuda)

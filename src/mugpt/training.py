@@ -1,0 +1,188 @@
+"""train(cfg): build data, module and trainer from a composed Hydra config, fit, and write summary.json.
+
+This is the one function both `src/train.py` (through @hydra.main) and the tests (through Hydra's
+compose API) call. Every check that can fail on bad input runs before the first training step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mugpt.callbacks import DivergenceGuard, Throughput
+from mugpt.module import GPTLightningModule, perplexity
+from mugpt.optim import check_schedule
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+
+
+def load_env() -> None:
+    """Load .env if present and keep W&B offline and silent when there is no API key."""
+    try:
+        from dotenv import load_dotenv
+
+        load_dotenv(override=False)
+    except ImportError:
+        pass
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        os.environ["WANDB_MODE"] = "offline"
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def check_precision(precision: str) -> None:
+    """Fail fast on a precision this machine cannot run."""
+    if precision.startswith("16") and not torch.cuda.is_available():
+        raise ValueError(f"precision={precision}: fp16 needs a CUDA GPU; on CPU use precision=32 or bf16-mixed")
+    if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision={precision}: this GPU has no bf16 support; use 16-mixed or 32")
+
+
+def run_name(cfg: DictConfig) -> str | None:
+    """Name a run from its command-line overrides (Hydra's override_dirname), when Hydra is running."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    return hc.job.override_dirname or hc.job.name
+
+
+def sweep_group() -> str | None:
+    """Group runs of one multirun together: the sweep directory names the group."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ValueError, ImportError):
+        return None
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return Path(hc.sweep.dir).name
+
+
+def build_logger(cfg: DictConfig, output_dir: Path):
+    if cfg.logger is None or cfg.logger.get("_target_") is None:
+        return False
+    kwargs: dict[str, Any] = {}
+    target = cfg.logger._target_
+    if target.endswith("WandbLogger"):
+        kwargs = {"save_dir": str(output_dir), "name": run_name(cfg), "group": sweep_group(),
+                  "config": OmegaConf.to_container(cfg, resolve=True)}
+    elif target.endswith("CSVLogger") or target.endswith("TensorBoardLogger"):
+        kwargs = {"save_dir": str(output_dir)}
+    # through a partial: WandbLogger's `config` keyword would collide with instantiate's own `config`
+    return instantiate(cfg.logger, _partial_=True)(**kwargs)
+
+
+def build_datamodule(cfg: DictConfig):
+    """The DataModule named by cfg.data._target_; called directly (not through hydra's instantiate) so that
+    a bad option surfaces as its own one-line error instead of a wrapped InstantiationException."""
+    kwargs = OmegaConf.to_container(cfg.data, resolve=True)
+    cls = get_class(kwargs.pop("_target_"))
+    return cls(**kwargs, block_size=cfg.model.block_size)
+
+
+def write_summary(output_dir: Path, summary: dict) -> None:
+    path = output_dir / SUMMARY_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train one model as cfg says. Returns the summary also written to output_dir/summary.json."""
+    load_env()
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {
+        "status": "failed", "parametrization": cfg.parametrization.name, "optimizer": cfg.optim.name,
+        "lr": cfg.optim.lr, "width": cfg.model.width, "n_layer": cfg.model.n_layer, "seed": cfg.seed,
+        "output_dir": str(output_dir),
+    }
+    logger = None
+    started = time.time()
+    try:
+        # ---- everything that can reject the config, before any training
+        precision = str(cfg.precision.lightning)
+        check_precision(precision)
+        check_schedule(cfg.optim, cfg.trainer.max_steps)
+        torch.set_float32_matmul_precision(cfg.precision.matmul)
+        L.seed_everything(cfg.seed, workers=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+        if cfg.compile.mode:
+            torch._dynamo.reset()  # a multirun job must not inherit the previous job's compile caches
+        datamodule = build_datamodule(cfg)
+        model_cfg = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": datamodule.vocab_size}
+        module = GPTLightningModule(model_cfg, cfg.parametrization, cfg.optim, compile_mode=cfg.compile.mode)
+        # tokenizes once into the cache; then checks the corpus against the block size
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        n_params = module.model.num_params()
+        log.info("model: %s parameters (%s without embeddings), parametrization=%s",
+                 f"{n_params:,}", f"{module.model.num_params(non_embedding=True):,}", cfg.parametrization.name)
+
+        accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
+        tokens_per_step = cfg.data.batch_size * cfg.model.block_size * accumulate
+        throughput = Throughput(tokens_per_step, module.model.flops_per_token())
+        guard = DivergenceGuard(cfg.max_loss)
+        logger = build_logger(cfg, output_dir)
+        trainer_kwargs = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
+        trainer_kwargs.pop("_target_", None)
+        trainer_kwargs["val_check_interval"] = min(cfg.eval_every, cfg.trainer.max_steps) * accumulate
+        trainer = L.Trainer(
+            **trainer_kwargs, precision=precision, logger=logger, callbacks=[throughput, guard],
+            default_root_dir=str(output_dir),
+        )
+
+        # ---- train
+        trainer.fit(module, datamodule=datamodule)
+        if guard.diverged_at is None and module.last_val_step != trainer.global_step and not trainer.fast_dev_run:
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        val_loss = metrics.get("val/loss", float("nan"))
+        summary.update({
+            "status": "diverged" if guard.diverged_at is not None else "completed",
+            "train_loss": metrics.get("train/loss", float("nan")),
+            "val_loss": val_loss,
+            "val_ppl": perplexity(val_loss) if math.isfinite(val_loss) else float("nan"),
+            "steps": trainer.global_step,
+            "tokens": trainer.global_step * tokens_per_step,
+            "tokens_per_sec": throughput.tokens_per_sec,
+            "params": n_params,
+            "vocab_size": module.config.vocab_size,
+            "padded_vocab_size": module.config.padded_vocab_size,
+        })
+        if guard.diverged_at is not None:
+            summary["diverged_reason"] = guard.reason
+            log.warning("run diverged: %s", guard.reason)
+        return summary
+    except BaseException as exc:
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        summary["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        summary["wall_seconds"] = round(time.time() - started, 2)
+        write_summary(output_dir, summary)
+        if logger and type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()  # each multirun job must close its own W&B run
+        if summary["status"] != "failed":
+            log.info("val_loss %.4f (perplexity %.2f) after %d steps; run files in %s",
+                     summary["val_loss"], summary["val_ppl"], summary["steps"], output_dir)

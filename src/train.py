@@ -1,0 +1,43 @@
+"""Train a GPT-2 (SP or µP) with the config in conf/: `python src/train.py [overrides]`, `-m` for sweeps."""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from mugpt.training import train
+
+log = logging.getLogger("mugpt")
+
+# Hydra parses `precision=32` as an integer, which cannot name a config option; accept Lightning's short
+# names on the command line and map them to the option files (conf/precision/32-true.yaml, ...).
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
+
+
+def normalise_precision_override(arg: str) -> str:
+    key, sep, value = arg.partition("=")
+    if key.lstrip("+~") != "precision" or not sep:
+        return arg
+    return key + "=" + ",".join(PRECISION_ALIASES.get(v, v) for v in value.split(","))
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        summary = train(cfg)
+    except Exception:
+        # In a sweep a failed job is recorded (summary.json says failed) and the others go on.
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.exception("job failed; the sweep goes on")
+            return None
+        raise
+    return summary["val_loss"]  # the objective for Hydra sweepers such as Optuna
+
+
+if __name__ == "__main__":
+    sys.argv = [normalise_precision_override(a) for a in sys.argv]
+    main()

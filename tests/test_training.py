@@ -1,0 +1,143 @@
+"""The training path end to end: configs composed as src/train.py composes them, Lightning underneath."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mugpt.module import GPTLightningModule
+from mugpt.training import build_datamodule, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_summary(cfg) -> dict:
+    return json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+
+
+def test_fast_dev_run_trains_one_step(make_cfg):
+    cfg = make_cfg("trainer.fast_dev_run=true")
+    summary = train(cfg)
+    assert summary["status"] == "completed"
+    assert summary["steps"] == 1
+    assert summary["tokens"] == 8 * 32
+    assert read_summary(cfg)["status"] == "completed"
+
+
+@pytest.mark.parametrize("parametrization", ["sp", "mup"])
+def test_short_run_learns_and_writes_summary(make_cfg, parametrization):
+    cfg = make_cfg(f"parametrization={parametrization}", "parametrization.base_width=32" if parametrization == "mup" else "seed=1337",
+                   "trainer.max_steps=40", "eval_every=40", "optim.lr=1e-2")
+    summary = train(cfg)
+    on_disk = read_summary(cfg)
+    for key in ("status", "train_loss", "val_loss", "steps", "tokens", "tokens_per_sec", "params", "width",
+                "parametrization", "optimizer", "lr", "seed"):
+        assert key in on_disk, key
+    assert on_disk == json.loads(json.dumps(summary, default=str))
+    assert summary["status"] == "completed" and summary["steps"] == 40
+    assert summary["parametrization"] == parametrization and summary["width"] == 64
+    assert summary["tokens"] == 40 * 8 * 32 and summary["tokens_per_sec"] > 0
+    # byte-level Shakespeare: uniform guessing costs ln(256) = 5.55 nats; 40 steps get well below
+    assert summary["val_loss"] < math.log(256) - 2.0
+    assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]), rel=1e-6)
+    assert (Path(cfg.output_dir) / "config.yaml").read_text().count("parametrization") >= 1
+
+
+def test_loss_at_initialisation_is_log_vocab(make_cfg):
+    """Before training, the model predicts every token as about equally likely."""
+    cfg = make_cfg("data.tokenizer=gpt2", "model.block_size=64")
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = GPTLightningModule({**cfg.model, "vocab_size": dm.vocab_size}, cfg.parametrization, cfg.optim)
+    x, y = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        _, loss = module(x, y)
+    assert loss.item() == pytest.approx(math.log(50304), abs=0.1)
+
+
+def test_divergence_is_recorded_not_raised(make_cfg):
+    cfg = make_cfg("max_loss=1.0", "trainer.max_steps=10")
+    summary = train(cfg)
+    assert summary["status"] == "diverged"
+    assert summary["steps"] < 10
+    assert "bound 1.0" in summary["diverged_reason"]
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("model.width=65", "model.width=65 is not divisible by model.n_head=2"),
+        ("data.tokenizer=sentencepiece", "data.tokenizer"),
+        ("precision=16-mixed", "precision=16-mixed"),
+    ],
+)
+def test_bad_input_fails_before_training(make_cfg, override, match):
+    cfg = make_cfg(override)
+    with pytest.raises(ValueError, match=match):
+        train(cfg)
+    summary = read_summary(cfg)
+    assert summary["status"] == "failed" and "steps" not in summary
+    assert match.split("=")[0] in summary["error"]
+
+
+def test_block_size_larger_than_the_data_is_rejected(make_cfg, tmp_path):
+    corpus = tmp_path / "short.txt"
+    corpus.write_text("To be, or not to be: that is the question.\n" * 20)  # 860 bytes: ~86 val tokens
+    cfg = make_cfg("data=text", f"data.path={corpus}", "model.block_size=128")
+    with pytest.raises(ValueError, match="model.block_size=128 is larger than the val split"):
+        train(cfg)
+    assert read_summary(cfg)["status"] == "failed"
+
+
+def test_missing_data_path_is_named(make_cfg, tmp_path):
+    missing = tmp_path / "no_such_corpus.txt"
+    cfg = make_cfg("data=text", f"data.path={missing}")
+    with pytest.raises(FileNotFoundError, match="no_such_corpus.txt"):
+        train(cfg)
+
+
+def test_empty_corpus_is_rejected(make_cfg, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    cfg = make_cfg("data=text", f"data.path={empty}")
+    with pytest.raises(ValueError, match="empty"):
+        train(cfg)
+
+
+def _run_cli(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUGPT_CACHE": str(cache), "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_run_from_the_issue(tmp_path, cache_dir):
+    """`python src/train.py trainer.max_steps=30 model.width=64 model.n_layer=2 model.n_head=2 logger=none hydra.run.dir=DIR`"""
+    out = tmp_path / "run"
+    proc = _run_cli(["trainer.max_steps=30", "model.width=64", "model.n_layer=2", "model.n_head=2", "model.block_size=64",
+                     "logger=none", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false", "precision=32"],
+                    tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 30
+    assert summary["val_loss"] < math.log(50257) - 2.0
+
+
+def test_multirun_gives_one_run_per_width(tmp_path, cache_dir):
+    """The mission's sweep: one output directory, one summary.json and one W&B run per width."""
+    sweep = tmp_path / "sweep"
+    proc = _run_cli(["-m", "model.width=32,64", "optim=adamw", "model=tiny", "data.tokenizer=byte",
+                     "trainer.max_steps=3", "eval_every=3", "optim.warmup_steps=1", "data.val_batches=1",
+                     f"hydra.sweep.dir={sweep}", "trainer.enable_progress_bar=false", "logger=wandb"],
+                    tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert [s["width"] for s in summaries] == [32, 64]
+    assert [s["status"] for s in summaries] == ["completed", "completed"], [s.get("error") for s in summaries]
+    runs = [p for p in sweep.glob("*/wandb/offline-run-*") if p.is_dir()]
+    assert len(runs) == 2 and runs[0].parent.parent != runs[1].parent.parent
