@@ -3,16 +3,21 @@
 import logging
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from mugpt.runtime import reexec_with_heap_reuse
 
-from mugpt.training import train
+if __name__ == "__main__":
+    reexec_with_heap_reuse()  # before torch is imported: the restart then costs milliseconds
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from mugpt.training import train  # noqa: E402
 
 log = logging.getLogger("mugpt")
 
 # Hydra parses `precision=32` as an integer, which cannot name a config option; accept Lightning's short
 # names on the command line and map them to the option files (conf/precision/32-true.yaml, ...).
-PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
+PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 
 
 def normalise_precision_override(arg: str) -> str:
