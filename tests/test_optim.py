@@ -55,12 +55,18 @@ def test_scheduler_keeps_per_group_ratios():
 @pytest.mark.parametrize(
     "kw, match",
     [(dict(schedule="triangle"), "optim.schedule: unknown schedule 'triangle'"),
-     (dict(warmup_steps=500), "optim.warmup_steps=500"),
+     (dict(warmup_steps=-1), "optim.warmup_steps=-1"),
      (dict(lr=0.0), "optim.lr must be positive")],
 )
 def test_bad_schedule_options(kw, match):
     with pytest.raises(ValueError, match=match):
         check_schedule(sched(**kw), 100)
+
+
+def test_warmup_longer_than_the_run_spans_the_run():
+    cfg = sched(warmup_steps=500)
+    check_schedule(cfg, 5)  # a smoke run of a long recipe is allowed, with a warning
+    assert [lr_factor(s, cfg, 5) for s in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
 
 
 def test_unknown_optimizer_is_rejected():

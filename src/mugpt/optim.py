@@ -6,6 +6,7 @@ Each group carries its own `lr` (the base learning rate times the parametrizatio
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable
 
@@ -13,14 +14,20 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+log = logging.getLogger(__name__)
+
 SCHEDULES = ("cosine", "constant", "linear", "wsd", "exponential")
 
 
 def check_schedule(cfg: Any, max_steps: int) -> None:
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"optim.schedule: unknown schedule '{cfg.schedule}' (choose one of {', '.join(SCHEDULES)})")
-    if cfg.warmup_steps < 0 or (max_steps > 0 and cfg.warmup_steps > max_steps):
-        raise ValueError(f"optim.warmup_steps={cfg.warmup_steps} must lie in [0, trainer.max_steps={max_steps}]")
+    if cfg.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps={cfg.warmup_steps} must not be negative")
+    if max_steps > 0 and cfg.warmup_steps > max_steps:
+        # a short smoke run of a long recipe: warm up over the whole run rather than refuse it
+        log.warning("optim.warmup_steps=%d exceeds trainer.max_steps=%d: warming up over all %d steps",
+                    cfg.warmup_steps, max_steps, max_steps)
     if cfg.lr <= 0:
         raise ValueError(f"optim.lr must be positive, got {cfg.lr}")
 
@@ -33,7 +40,7 @@ def lr_factor(step: int, cfg: Any, max_steps: int) -> float:
     wsd: warmup, stable at 1, then a linear decay over the last decay_fraction of training.
     exponential: warmup, then growth (or decay) by exp_gamma per step.
     """
-    warmup = cfg.warmup_steps
+    warmup = min(cfg.warmup_steps, max_steps) if max_steps > 0 else cfg.warmup_steps
     if step < warmup:
         return (step + 1) / warmup
     floor = cfg.min_lr_ratio
