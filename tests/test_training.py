@@ -141,3 +141,14 @@ def test_multirun_gives_one_run_per_width(tmp_path, cache_dir):
     assert [s["status"] for s in summaries] == ["completed", "completed"], [s.get("error") for s in summaries]
     runs = [p for p in sweep.glob("*/wandb/offline-run-*") if p.is_dir()]
     assert len(runs) == 2 and runs[0].parent.parent != runs[1].parent.parent
+
+
+@pytest.mark.parametrize("option", ["model.norm=post", "model.tie_embeddings=false", "precision=bf16-mixed",
+                                    "precision=tf32", "compile=default", "model.dropout=0.1"])
+def test_mup_trains_with_every_option(make_cfg, option):
+    """µP composes with the rest of the config: a few steps with each option, the loss going down."""
+    cfg = make_cfg("parametrization=mup", "parametrization.base_width=32", option, "trainer.max_steps=8",
+                   "eval_every=8", "optim.lr=1e-2")
+    summary = train(cfg)
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    assert summary["val_loss"] < math.log(256) - 0.5
