@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 
+# `optim.lr: ${pow2:${lr_log2}}` lets a sweep run a log2 learning-rate grid as `lr_log2=range(-12,-3)`
+OmegaConf.register_new_resolver("pow2", lambda exponent: 2.0 ** float(exponent), replace=True)
+
 
 def load_env() -> None:
     """Load .env if present and keep W&B offline and silent when there is no API key."""

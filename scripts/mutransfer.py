@@ -1,0 +1,49 @@
+"""µTransfer in one command: `python scripts/mutransfer.py [overrides]` (config: conf/mutransfer.yaml).
+
+Sweeps the donor width over `search` under each parametrization, trains the target width with the donor's
+best hyperparameters, prints the comparison and writes transfer.json plus the µTransfer report
+(mutransfer.csv, mutransfer.png) of all runs into the output directory.
+Example: python scripts/mutransfer.py donor_width=64 target_width=256 "search.lr_log2=[-10,-8,-6]"
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+from mugpt.runtime import reexec_with_heap_reuse
+
+if __name__ == "__main__":
+    reexec_with_heap_reuse()
+
+import hydra  # noqa: E402
+from hydra import compose  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from mugpt.mutransfer import format_pipeline, report, run_pipeline  # noqa: E402
+from mugpt.training import train  # noqa: E402
+
+log = logging.getLogger("mugpt")
+
+
+def train_one(overrides: list[str], output_dir: Path) -> dict:
+    """One training run, composed exactly as `python src/train.py OVERRIDES` would compose it."""
+    cfg = compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
+    log.info("run: %s", " ".join(overrides))
+    try:
+        return train(cfg)
+    except Exception as exc:  # recorded as failed in its summary.json; the pipeline goes on
+        log.error("run failed: %s", exc)
+        return {"status": "failed", "val_loss": float("nan")}
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="mutransfer")
+def main(cfg: DictConfig) -> None:
+    result = run_pipeline(cfg, train_one)
+    out = Path(cfg.output_dir)
+    report(out, out, title=f"µTransfer: donor width {cfg.donor_width} → target {cfg.target_width}")
+    print("\n" + format_pipeline(result))
+    print(f"\nwrote {out / 'transfer.json'}, {out / 'mutransfer.csv'}, {out / 'mutransfer.png'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""µTransfer: the analysis on known curves, the pipeline's choices, and a miniature sweep through the report."""
+
+import csv
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from mugpt.mutransfer import analyse, best_log2_lr, grid, report, run_pipeline
+from mugpt.training import train
+from conftest import compose_config
+
+
+def rows_from(curves: dict) -> list[dict]:
+    return [{"parametrization": p, "width": w, "lr": 2.0 ** e, "seed": 0, "val_loss": loss,
+             "status": "completed" if math.isfinite(loss) else "diverged", "output_dir": ""}
+            for (p, w), curve in curves.items() for e, loss in curve.items()]
+
+
+def test_parabola_refines_the_best_learning_rate():
+    # loss = (log2 lr + 7.3)^2 sampled on integers: the grid says -7, the vertex is -7.3
+    curve = {2.0 ** e: (e + 7.3) ** 2 + 2.0 for e in range(-10, -4)}
+    grid_best, refined = best_log2_lr(curve)
+    assert grid_best == 2.0 ** -7 and refined == pytest.approx(-7.3)
+    # at the edge of the grid there is no parabola to fit: the grid point stands
+    edge = {2.0 ** e: float(e + 20) for e in range(-10, -4)}
+    assert best_log2_lr(edge) == (2.0 ** -10, -10.0)
+
+
+def test_regret_and_shift_from_known_curves():
+    inf = math.inf
+    curves = {
+        ("mup", 64): {-9: 2.6, -8: 2.5, -7: 2.6}, ("mup", 256): {-9: 2.5, -8: 2.4, -7: 2.5},
+        # SP: the best lr moves down two octaves; at the donor's best the target diverges
+        ("sp", 64): {-10: 2.7, -9: 2.6, -8: 2.5, -7: 2.6}, ("sp", 256): {-10: 2.4, -9: 2.5, -8: inf, -7: inf},
+    }
+    a = analyse(rows_from(curves))
+    assert a["mup"]["regret"] == pytest.approx(0.0) and a["mup"]["shift_octaves"] == pytest.approx(0.0)
+    assert a["mup"]["best_loss"] == {64: 2.5, 256: 2.4}
+    assert a["sp"]["donor_lr"] == 2.0 ** -8 and a["sp"]["regret"] == inf
+    assert a["sp"]["best_lr"][256] == 2.0 ** -10 and a["sp"]["shift_octaves"] == pytest.approx(2.0)
+
+
+def test_grid_is_the_cartesian_product():
+    assert grid({"lr_log2": [-8, -6], "optim.weight_decay": [0.0]}) == [
+        ["lr_log2=-8", "optim.weight_decay=0.0"], ["lr_log2=-6", "optim.weight_decay=0.0"]]
+    with pytest.raises(ValueError, match="search.x"):
+        grid({"x": []})
+
+
+def test_pipeline_transfers_the_donors_best_and_skips_diverged_donors(tmp_path):
+    """run_pipeline with a stand-in trainer: what it runs, what it picks, what it reports."""
+    calls = []
+
+    def fake_run(overrides, output_dir):
+        calls.append(overrides)
+        o = dict(x.split("=", 1) for x in overrides)
+        e = int(o["lr_log2"])
+        if e == -4:
+            return {"status": "diverged", "val_loss": float("nan")}
+        return {"status": "completed", "val_loss": (e + 7) ** 2 / 10 + (0.1 if o["parametrization"] == "sp" else 0)}
+
+    cfg = OmegaConf.create({"experiment": "mutransfer_lr", "parametrizations": ["sp", "mup"], "donor_width": 32,
+                            "target_width": 128, "search": {"lr_log2": [-8, -7, -4]}, "seeds": [0],
+                            "overrides": ["trainer.max_steps=5"], "output_dir": str(tmp_path)})
+    result = run_pipeline(cfg, fake_run)
+    assert len(calls) == 2 * (3 + 1)
+    targets = [c for c in calls if "model.width=128" in c]
+    assert all("lr_log2=-7" in c and "parametrization.base_width=32" in c for c in targets)
+    assert result["parametrizations"]["mup"]["donor_best"] == ["lr_log2=-7"]
+    assert result["parametrizations"]["sp"]["target_loss"] == pytest.approx(0.1)
+    assert json.loads((tmp_path / "transfer.json").read_text())["target_width"] == 128
+    with pytest.raises(ValueError, match="donor_width=128 must be narrower"):
+        run_pipeline(OmegaConf.merge(cfg, {"donor_width": 128}), fake_run)
+
+
+def test_miniature_sweep_through_the_report(tmp_path, cache_dir):
+    """Real runs (two widths, two learning rates, one absurd one that must diverge) → CSV, PNG, analysis."""
+    sweep = tmp_path / "sweep"
+    jobs = [("sp", 32, -8), ("sp", 32, -6), ("sp", 64, -8), ("sp", 64, -6), ("mup", 32, -6), ("mup", 64, -6),
+            ("sp", 64, 5)]
+    for i, (param, width, lr_log2) in enumerate(jobs):
+        cfg = compose_config(["+experiment=mutransfer_lr", f"parametrization={param}", "parametrization.base_width=32",
+                              f"model.width={width}", f"lr_log2={lr_log2}", "trainer.max_steps=12", "eval_every=12",
+                              "optim.warmup_steps=2", "data.val_batches=2"], sweep / str(i), cache_dir)
+        summary = train(cfg)
+        assert summary["lr"] == 2.0 ** lr_log2
+    result = report(sweep)
+    with open(sweep / "mutransfer.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(jobs)
+    assert list(rows[0]) == ["parametrization", "width", "lr", "seed", "val_loss", "status", "output_dir"]
+    status = {(r["parametrization"], int(r["width"]), float(r["lr"])): r["status"] for r in rows}
+    assert status[("sp", 64, 32.0)] == "diverged"
+    assert sum(s == "completed" for s in status.values()) == len(jobs) - 1
+    a = result["analysis"]
+    assert a["sp"]["widths"] == [32, 64] and a["sp"]["best_lr"][64] in (2.0 ** -8, 2.0 ** -6)
+    assert a["sp"]["best_loss"][64] < math.log(256) - 1.0  # 12 steps already learn byte statistics
+    assert (sweep / "mutransfer.png").read_bytes()[:4] == b"\x89PNG"
