@@ -12,6 +12,7 @@ import math
 import os
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,18 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mugpt.callbacks import DivergenceGuard, Throughput
+from mugpt.checkpointing import (CHECKPOINT_DIR, LAST, AtomicCheckpointIO, PreemptionCheckpoint, RunCheckpoint,
+                                 check_compatible, find_resume_checkpoint)
 from mugpt.module import GPTLightningModule, perplexity
 from mugpt.optim import check_schedule
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+
+# The DataModule restores its sampling position itself (samples_seen in its state_dict), so Lightning's
+# warning that a mid-epoch resume of a plain DataLoader is unreliable does not apply here.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 # `optim.lr: ${pow2:${lr_log2}}` lets a sweep run a log2 learning-rate grid as `lr_log2=range(-12,-3)`
 OmegaConf.register_new_resolver("pow2", lambda exponent: 2.0 ** float(exponent), replace=True)
@@ -51,6 +58,22 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision={precision}: fp16 needs a CUDA GPU; on CPU use precision=32 or bf16-mixed")
     if precision.startswith("bf16") and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ValueError(f"precision={precision}: this GPU has no bf16 support; use 16-mixed or 32")
+
+
+def hydra_overrides_and_root(output_dir: Path) -> tuple[list[str] | None, Path | None]:
+    """This job's command-line overrides and the folder its siblings live in (outputs/ or multirun/), when
+    Hydra is running: what resume=auto needs to find an earlier run of the same command."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+    except ValueError:
+        return None, None
+    try:
+        top = Path.cwd() / output_dir.resolve().relative_to(Path.cwd()).parts[0]
+    except (ValueError, IndexError):
+        top = output_dir.parent
+    return list(hc.overrides.task), top
 
 
 def run_name(cfg: DictConfig) -> str | None:
@@ -78,6 +101,18 @@ def sweep_group() -> str | None:
     return Path(hc.sweep.dir).name
 
 
+def wandb_run_id(output_dir: Path) -> str:
+    """One W&B run id per run directory, kept in a file so that a resumed run logs into the same W&B run."""
+    path = output_dir / "wandb_run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    import wandb
+
+    run_id = wandb.util.generate_id()
+    path.write_text(run_id)
+    return run_id
+
+
 def build_logger(cfg: DictConfig, output_dir: Path):
     if cfg.logger is None or cfg.logger.get("_target_") is None:
         return False
@@ -85,7 +120,8 @@ def build_logger(cfg: DictConfig, output_dir: Path):
     target = cfg.logger._target_
     if target.endswith("WandbLogger"):
         kwargs = {"save_dir": str(output_dir), "name": run_name(cfg), "group": sweep_group(),
-                  "config": OmegaConf.to_container(cfg, resolve=True)}
+                  "config": OmegaConf.to_container(cfg, resolve=True), "id": wandb_run_id(output_dir),
+                  "resume": "allow"}
     elif target.endswith("CSVLogger") or target.endswith("TensorBoardLogger"):
         kwargs = {"save_dir": str(output_dir)}
     # through a partial: WandbLogger's `config` keyword would collide with instantiate's own `config`
@@ -124,6 +160,11 @@ def train(cfg: DictConfig) -> dict:
         precision = str(cfg.precision.lightning)
         check_precision(precision)
         check_schedule(cfg.optim, cfg.trainer.max_steps)
+        resume_from = find_resume_checkpoint(cfg.get("resume"), output_dir, *hydra_overrides_and_root(output_dir))
+        if resume_from is not None and resume_from[1].resolve() != output_dir.resolve():
+            log.info("resuming the run in %s (this directory keeps only the launch log)", resume_from[1])
+            output_dir = resume_from[1]
+            summary["output_dir"] = str(output_dir)
         torch.set_float32_matmul_precision(cfg.precision.matmul)
         L.seed_everything(cfg.seed, workers=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
@@ -136,6 +177,8 @@ def train(cfg: DictConfig) -> dict:
         # tokenizes once into the cache; then checks the corpus against the block size
         datamodule.prepare_data()
         datamodule.setup("fit")
+        if resume_from is not None:
+            check_compatible(resume_from[0], dict(module.hparams))
         n_params = module.model.num_params()
         log.info("model: %s parameters (%s without embeddings), parametrization=%s",
                  f"{n_params:,}", f"{module.model.num_params(non_embedding=True):,}", cfg.parametrization.name)
@@ -148,19 +191,34 @@ def train(cfg: DictConfig) -> dict:
         trainer_kwargs = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
         trainer_kwargs.pop("_target_", None)
         trainer_kwargs["val_check_interval"] = min(cfg.eval_every, cfg.trainer.max_steps) * accumulate
+        ckpt_every = int(cfg.checkpoint.every_n_steps)
+        checkpointing = ckpt_every > 0 and not trainer_kwargs.get("fast_dev_run")
+        ckpt_dir = output_dir / CHECKPOINT_DIR
+        preemption = PreemptionCheckpoint(ckpt_dir / LAST)
+        callbacks = [throughput, guard, preemption]
+        if checkpointing:
+            callbacks.append(RunCheckpoint(ckpt_dir, ckpt_every))
+        trainer_kwargs["enable_checkpointing"] = checkpointing
         trainer = L.Trainer(
-            **trainer_kwargs, precision=precision, logger=logger, callbacks=[throughput, guard],
-            default_root_dir=str(output_dir),
+            **trainer_kwargs, precision=precision, logger=logger, callbacks=callbacks,
+            default_root_dir=str(output_dir), plugins=[AtomicCheckpointIO()],
         )
 
         # ---- train
-        trainer.fit(module, datamodule=datamodule)
-        if guard.diverged_at is None and module.last_val_step != trainer.global_step and not trainer.fast_dev_run:
+        if resume_from is not None:
+            log.info("resuming from %s", resume_from[0])
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
+        if checkpointing and guard.diverged_at is None and preemption.preempted_at is None:
+            trainer.save_checkpoint(ckpt_dir / LAST)  # the end of training, whatever the step interval
+        stopped_early = guard.diverged_at is not None or preemption.preempted_at is not None
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # validate() resets them
+        if not stopped_early and module.last_val_step != trainer.global_step and not trainer.fast_dev_run:
             trainer.validate(module, datamodule=datamodule, verbose=False)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         val_loss = metrics.get("val/loss", float("nan"))
         summary.update({
-            "status": "diverged" if guard.diverged_at is not None else "completed",
+            "status": ("diverged" if guard.diverged_at is not None else
+                       "interrupted" if preemption.preempted_at is not None else "completed"),
             "train_loss": metrics.get("train/loss", float("nan")),
             "val_loss": val_loss,
             "val_ppl": perplexity(val_loss) if math.isfinite(val_loss) else float("nan"),

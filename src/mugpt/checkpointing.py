@@ -1,0 +1,152 @@
+"""Checkpoints that survive kills, preemption and divergence, and finding the one to resume from.
+
+- `AtomicCheckpointIO`: a checkpoint is written to a temporary file and renamed over the old one, so a kill
+  during a save leaves the previous checkpoint whole.
+- `RunCheckpoint`: Lightning's ModelCheckpoint keeping `checkpoints/last.ckpt` every N optimizer steps,
+  but never over the last good one once the divergence guard has fired.
+- `PreemptionCheckpoint`: SIGTERM / SIGUSR1 (how SLURM and most schedulers announce preemption) save a
+  checkpoint at the end of the current step and stop training cleanly.
+- `find_resume_checkpoint`: `resume=auto|PATH` → the checkpoint and the run directory it belongs to.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+# overrides that say how to run, not what to train: ignored when matching a run to resume
+# model options that change how a step runs, not what is trained: free to change on resume
+RUNTIME_ONLY = {"activation_checkpointing", "dropout"}
+NOT_IDENTITY = ("resume", "hydra.", "logger", "trainer.enable_progress_bar", "output_dir")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def _diverged(trainer: L.Trainer) -> bool:
+    return any(getattr(cb, "diverged_at", None) is not None for cb in trainer.callbacks)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Saves only `last.ckpt`, every `every_n_steps` optimizer steps, unless training has diverged."""
+
+    def __init__(self, dirpath: Path, every_n_steps: int) -> None:
+        super().__init__(dirpath=str(dirpath), every_n_train_steps=every_n_steps, save_top_k=0, save_last=True,
+                         enable_version_counter=False)
+        self.CHECKPOINT_NAME_LAST = LAST.removesuffix(".ckpt")
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        if not _diverged(trainer):
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not _diverged(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not _diverged(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+
+class PreemptionCheckpoint(L.Callback):
+    """On SIGTERM/SIGUSR1: finish the current step, save `last.ckpt`, stop. `preempted_at` says when."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.received: int | None = None
+        self.preempted_at: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, _frame) -> None:
+        self.received = signum
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        try:  # installed last, after Lightning's own handlers; only possible in the main thread
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        except ValueError:
+            log.warning("not in the main thread: preemption signals will not save a checkpoint")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received is None or self.preempted_at is not None:
+            return
+        trainer.save_checkpoint(self.path)
+        self.preempted_at = trainer.global_step
+        log.warning("received signal %d: saved %s at step %d; resume with resume=auto", self.received,
+                    self.path, trainer.global_step)
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _identity(run_dir: Path) -> list[str] | None:
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides.is_file():
+        return None
+    return sorted(o for o in yaml.safe_load(overrides.read_text()) or [] if not o.lstrip("+~").startswith(NOT_IDENTITY))
+
+
+def find_resume_checkpoint(resume: str | None, output_dir: Path, overrides: list[str] | None = None,
+                           search_root: Path | None = None) -> tuple[Path, Path] | None:
+    """(checkpoint, run directory) to resume from, or None to start fresh.
+
+    resume=PATH: a .ckpt file, or a run directory holding checkpoints/last.ckpt.
+    resume=auto: this run's own directory if it has a checkpoint (an explicit hydra.run.dir); otherwise the
+    newest run under `search_root` (e.g. outputs/) launched with the same overrides, so a timestamped Hydra
+    directory finds its earlier self. None when there is nothing to resume (auto) — a fresh start."""
+    if not resume:
+        return None
+    if resume != "auto":
+        path = Path(resume).expanduser()
+        ckpt = path / CHECKPOINT_DIR / LAST if path.is_dir() else path
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"resume={resume}: no checkpoint at {ckpt}")
+        run_dir = ckpt.parent.parent if ckpt.parent.name == CHECKPOINT_DIR else ckpt.parent
+        return ckpt, run_dir
+    own = output_dir / CHECKPOINT_DIR / LAST
+    if own.is_file():
+        return own, output_dir
+    if search_root is None or overrides is None or not search_root.is_dir():
+        return None
+    wanted = sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_IDENTITY))
+    candidates = [c for c in search_root.rglob(f"{CHECKPOINT_DIR}/{LAST}")
+                  if c.parent.parent != output_dir and _identity(c.parent.parent) == wanted]
+    if not candidates:
+        log.info("resume=auto: no earlier run with these overrides under %s; starting fresh", search_root)
+        return None
+    ckpt = max(candidates, key=lambda c: c.stat().st_mtime)
+    return ckpt, ckpt.parent.parent
+
+
+def check_compatible(ckpt: Path, hparams: dict) -> None:
+    """A checkpoint of another model shape or another µP setup cannot be resumed: say which option differs."""
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    for section in ("model", "parametrization"):
+        old, new = saved.get(section, {}), hparams.get(section, {})
+        for key in sorted((set(old) | set(new)) - RUNTIME_ONLY):
+            if old.get(key) != new.get(key):
+                raise ValueError(f"resume: checkpoint {ckpt} was trained with {section}.{key}={old.get(key)}, "
+                                 f"this run has {section}.{key}={new.get(key)}")

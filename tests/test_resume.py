@@ -1,0 +1,158 @@
+"""Nothing trained is lost: atomic checkpoints, kill -9 and resume, preemption, divergence, bad resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mugpt.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from mugpt.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# slow enough per step (~10 ms) that a kill lands mid-run; deterministic so two runs can be compared
+RUN = ["+experiment=smoke", "data.tokenizer=byte", "model.width=64", "model.block_size=64", "data.batch_size=8",
+       "trainer.max_steps=80", "eval_every=80", "optim.warmup_steps=5", "checkpoint.every_n_steps=10",
+       "trainer.deterministic=true", "trainer.enable_progress_bar=false", "logger=none", "data.val_batches=2"]
+
+
+def launch(args, cwd, cache):
+    env = {**os.environ, "MUGPT_CACHE": str(cache), "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint_then(proc, ckpt: Path, action, timeout=300):
+    deadline = time.time() + timeout
+    while not ckpt.exists():
+        assert proc.poll() is None, f"run ended before its first checkpoint:\n{proc.stdout.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+    action()
+    out, _ = proc.communicate(timeout=timeout)
+    return out
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_killed_run_resumes_to_the_same_final_loss(tmp_path, cache_dir):
+    """SIGKILL part-way, then `resume=auto` from a fresh timestamped Hydra directory: same result as no kill."""
+    whole = tmp_path / "whole"
+    proc = launch([*RUN, f"hydra.run.dir={whole}"], tmp_path, cache_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    reference = summary_of(whole)
+
+    work = tmp_path / "work"  # runs go to work/outputs/DATE/TIME, as for a user
+    work.mkdir()
+    proc = launch(RUN, work, cache_dir)
+    ckpts = lambda: list(work.glob("outputs/*/*/checkpoints/last.ckpt"))  # noqa: E731
+    deadline = time.time() + 300
+    while not ckpts():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_dir = ckpts()[0].parent.parent
+    step = torch.load(ckpts()[0], map_location="cpu", weights_only=False)["global_step"]
+    assert 10 <= step < 80, step  # killed part-way, after at least one checkpoint
+
+    time.sleep(1.1)  # a new second: Hydra gives the resumed launch its own timestamped directory
+    proc = launch([*RUN, "resume=auto"], work, cache_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert f"resuming the run in {killed_dir}" in out
+    resumed = summary_of(killed_dir)
+    assert resumed["status"] == "completed" and resumed["steps"] == reference["steps"] == 80
+    assert resumed["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+    assert resumed["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    args = [*RUN, "trainer.max_steps=100000", "checkpoint.every_n_steps=5", f"hydra.run.dir={run_dir}"]
+    proc = launch(args, tmp_path, cache_dir)
+    out = wait_for_checkpoint_then(proc, run_dir / "checkpoints" / "last.ckpt", lambda: proc.send_signal(signal.SIGTERM))
+    assert proc.returncode == 0, out[-3000:]
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted" and 5 <= summary["steps"] < 100000
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == summary["steps"]  # saved at the step it stopped, not at the last interval
+
+
+def test_atomic_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def dies_mid_write(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # what a kill during the write looks like to the file system
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+def test_divergence_keeps_the_last_good_checkpoint(make_cfg):
+    # lr 8: the loss explodes within a few steps; checkpoints every step must stop at the last finite one
+    cfg = make_cfg("optim.lr=8.0", "optim.warmup_steps=0", "max_loss=6.0", "checkpoint.every_n_steps=1",
+                   "trainer.max_steps=50")
+    summary = train(cfg)
+    assert summary["status"] == "diverged"
+    ckpt = torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] < summary["steps"]
+    for value in ckpt["state_dict"].values():
+        assert torch.isfinite(value).all()
+
+
+@pytest.mark.parametrize("change, match", [
+    ("model.width=96", "model.width=64, this run has model.width=96"),
+    ("parametrization.base_width=64", "parametrization.base_width=32, this run has parametrization.base_width=64"),
+])
+def test_resuming_into_a_different_model_is_refused(make_cfg, tmp_path, change, match):
+    first = make_cfg("parametrization=mup", "parametrization.base_width=32", "trainer.max_steps=4",
+                     "eval_every=4", "optim.warmup_steps=1")
+    train(first)
+    ckpt = Path(first.output_dir) / "checkpoints" / "last.ckpt"
+    again = make_cfg("parametrization=mup", "parametrization.base_width=32", change, "trainer.max_steps=8",
+                     f"resume={ckpt}")
+    with pytest.raises(ValueError, match=match):
+        train(again)
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 4  # untouched
+
+
+def test_resume_path_must_exist(make_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="resume=.*nowhere"):
+        train(make_cfg(f"resume={tmp_path / 'nowhere'}"))
+
+
+def test_resume_auto_matches_runs_by_their_overrides(tmp_path):
+    def fake_run(name, overrides, mtime):
+        run = tmp_path / "outputs" / "day" / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(json.dumps(overrides))
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(run / "checkpoints" / "last.ckpt", (mtime, mtime))
+        return run
+
+    older = fake_run("a", ["model.width=64"], 1000)
+    newer = fake_run("b", ["model.width=64", "logger=none"], 2000)
+    fake_run("c", ["model.width=128"], 3000)
+    here = tmp_path / "outputs" / "day" / "now"
+    found = find_resume_checkpoint("auto", here, ["model.width=64", "resume=auto"], tmp_path / "outputs")
+    assert found == (newer / "checkpoints" / "last.ckpt", newer)  # logger does not change what is trained
+    assert older != newer
+    assert find_resume_checkpoint("auto", here, ["model.width=32"], tmp_path / "outputs") is None
+    assert find_resume_checkpoint(None, here, [], tmp_path) is None
