@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
 
-DATA_FORMAT_VERSION = 1  # bump when the cache layout or the text conversion changes
+DATA_FORMAT_VERSION = 2  # bump when the cache layout or the text conversion changes
 TOKENIZERS = ("gpt2", "byte")
 
 
@@ -118,7 +118,13 @@ def shakespeare_dir() -> Path:
 
 
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*\s*$")
-_DIRECTION = re.compile(r"_+\\?\[[^\]]*\]_+|_[^_]+_")  # inline "_[Aside]_" and "_Exit_" directions
+# Inline "_[Aside]_" and "_Exit_" directions; "[Aside]_" (a typo in a few plays, opening "_" missing); and
+# Edward III's "*[Aside.]*" (that play marks directions with "*", not "_").
+_DIRECTION = re.compile(r"_+\\?\[[^\]]*\]_+|_[^_]+_|^\\?\[[^\]]*\]_+|\*\\?\[[^\]]*\]\*")
+
+
+def _strip_directions(line: str) -> str:
+    return _DIRECTION.sub("", line).replace("\\[", "[").replace("\\]", "]").replace("\\", "").strip()
 
 
 def play_to_text(markdown: str) -> str:
@@ -131,13 +137,17 @@ def play_to_text(markdown: str) -> str:
         lines = [ln.rstrip() for ln in block.strip("\n").splitlines()]
         if not lines or lines[0].startswith("#"):
             continue
-        if block.lstrip().startswith("_") and block.rstrip().endswith("_"):
-            continue  # a stage direction paragraph, possibly over several lines
+        text = block.strip()
+        italic = text[:1] == text[-1:] == "_" or (text[:1] == text[-1:] == "*" and not text.startswith("**"))
+        if italic and not any(_SPEAKER.match(ln) for ln in lines):
+            continue  # a stage direction paragraph ("_..._", or "*...*" in Edward III), possibly over several lines
+        while lines and not _strip_directions(lines[0]):
+            lines.pop(0)  # a direction line before the speaker: "_\[To FABIAN]_" then "**FABIAN**"
+        if not lines:
+            continue
         speaker = _SPEAKER.match(lines[0])
         body = lines[1:] if speaker else lines
-        body = [_DIRECTION.sub("", ln).replace("\\[", "[").replace("\\]", "]").replace("\\", "").strip()
-                for ln in body]
-        body = [ln for ln in body if ln]
+        body = [ln for ln in map(_strip_directions, body) if ln]
         if not body:
             continue
         out.append(("\n".join([f"{speaker['name'].strip()}:", *body]) if speaker else "\n".join(body)) + "\n")
@@ -346,7 +356,9 @@ class TextDataModule(L.LightningDataModule):
             for k, piece in enumerate(pieces):
                 if k:
                     ids.append(self.tokenizer.eot_token)
-                chunks = re.split(r"(?<=\n\n)", piece)
+                # Split before a paragraph break, never inside a pretoken or a whitespace run: a chunk ending in
+                # "\n\n" would encode it as one token where the whole text has two ("\n", "\n" before a word).
+                chunks = re.split(r"(?<=\S)(?=\n\n)", piece)
                 for chunk_ids in self.tokenizer.encode_batch(chunks):
                     ids.extend(chunk_ids)
             return np.asarray(ids, dtype=np.uint16)
