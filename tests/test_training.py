@@ -152,3 +152,43 @@ def test_mup_trains_with_every_option(make_cfg, option):
     summary = train(cfg)
     assert summary["status"] == "completed" and summary["steps"] == 8
     assert summary["val_loss"] < math.log(256) - 0.5
+
+
+def _weights_after(cfg) -> dict:
+    train(cfg)
+    return torch.load(Path(cfg.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu",
+                      weights_only=False)["state_dict"]
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(make_cfg, tmp_path):
+    """grad_accum=tokens: 4 micro-batches of 4 sequences give the parameters one batch of 16 gives."""
+    common = ["trainer.max_steps=2", "eval_every=2", "optim.warmup_steps=0", "optim=adamw", "optim.grad_clip=null"]
+    big = _weights_after(make_cfg(*common, "data.batch_size=16"))
+    cfg = make_cfg(*common, "data.batch_size=4", "grad_accum=tokens", "grad_accum.batch_tokens=512")
+    small = _weights_after(cfg)
+    assert read_summary(cfg)["accumulate_grad_batches"] == 4 and read_summary(cfg)["tokens"] == 2 * 512
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-5)
+    moved = (big["model.blocks.0.mlp.fc.weight"] - _weights_after(make_cfg(*common, "trainer.max_steps=1",
+                                                                            "data.batch_size=16"))["model.blocks.0.mlp.fc.weight"])
+    assert moved.abs().max() > 1e-3  # the comparison is not vacuous: a step moves the weights by ~lr
+
+
+def test_accumulation_that_does_not_divide_is_refused(make_cfg):
+    cfg = make_cfg("grad_accum=tokens", "grad_accum.batch_tokens=1000")
+    with pytest.raises(ValueError, match=r"grad_accum.batch_tokens=1000 is not a positive multiple .* = 256"):
+        train(cfg)
+    assert "steps" not in read_summary(cfg)
+
+
+def test_activation_checkpointing_trains_identically_and_reports_memory(make_cfg, tmp_path):
+    common = ["trainer.max_steps=3", "eval_every=3", "optim.warmup_steps=0"]
+    plain = make_cfg(*common)
+    plain_weights, a = _weights_after(plain), read_summary(plain)
+    ckpt = make_cfg(*common, "activation_checkpointing=blocks")
+    assert ckpt.model.activation_checkpointing is True
+    ckpt_weights, b = _weights_after(ckpt), read_summary(ckpt)
+    for name in plain_weights:
+        torch.testing.assert_close(ckpt_weights[name], plain_weights[name], rtol=1e-5, atol=1e-6)
+    assert b["memory_estimate_mb"] < a["memory_estimate_mb"]  # activations: one block input per layer
+    assert a["peak_memory_mb"] > 0

@@ -21,7 +21,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.callbacks import DivergenceGuard, Throughput
+from mugpt.callbacks import DivergenceGuard, MemoryReport, Throughput
 from mugpt.checkpointing import (CHECKPOINT_DIR, LAST, AtomicCheckpointIO, PreemptionCheckpoint, RunCheckpoint,
                                  check_compatible, find_resume_checkpoint)
 from mugpt.module import GPTLightningModule, perplexity
@@ -136,6 +136,18 @@ def build_datamodule(cfg: DictConfig):
     return cls(**kwargs, block_size=cfg.model.block_size)
 
 
+def accumulation_steps(cfg: DictConfig) -> int:
+    """Micro-batches per optimizer step: from grad_accum.batch_tokens when set, else the trainer's own."""
+    batch_tokens = cfg.grad_accum.get("batch_tokens")
+    if not batch_tokens:
+        return int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    micro = cfg.data.batch_size * cfg.model.block_size
+    if batch_tokens <= 0 or batch_tokens % micro:
+        raise ValueError(f"grad_accum.batch_tokens={batch_tokens} is not a positive multiple of the micro-batch "
+                         f"data.batch_size*model.block_size = {cfg.data.batch_size}*{cfg.model.block_size} = {micro}")
+    return batch_tokens // micro
+
+
 def write_summary(output_dir: Path, summary: dict) -> None:
     path = output_dir / SUMMARY_FILE
     tmp = path.with_suffix(".json.tmp")
@@ -160,6 +172,7 @@ def train(cfg: DictConfig) -> dict:
         precision = str(cfg.precision.lightning)
         check_precision(precision)
         check_schedule(cfg.optim, cfg.trainer.max_steps)
+        accumulate = accumulation_steps(cfg)
         resume_from = find_resume_checkpoint(cfg.get("resume"), output_dir, *hydra_overrides_and_root(output_dir))
         if resume_from is not None and resume_from[1].resolve() != output_dir.resolve():
             log.info("resuming the run in %s (this directory keeps only the launch log)", resume_from[1])
@@ -183,19 +196,20 @@ def train(cfg: DictConfig) -> dict:
         log.info("model: %s parameters (%s without embeddings), parametrization=%s",
                  f"{n_params:,}", f"{module.model.num_params(non_embedding=True):,}", cfg.parametrization.name)
 
-        accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
         tokens_per_step = cfg.data.batch_size * cfg.model.block_size * accumulate
         throughput = Throughput(tokens_per_step, module.model.flops_per_token())
         guard = DivergenceGuard(cfg.max_loss)
         logger = build_logger(cfg, output_dir)
         trainer_kwargs = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
         trainer_kwargs.pop("_target_", None)
+        trainer_kwargs["accumulate_grad_batches"] = accumulate
         trainer_kwargs["val_check_interval"] = min(cfg.eval_every, cfg.trainer.max_steps) * accumulate
         ckpt_every = int(cfg.checkpoint.every_n_steps)
         checkpointing = ckpt_every > 0 and not trainer_kwargs.get("fast_dev_run")
         ckpt_dir = output_dir / CHECKPOINT_DIR
         preemption = PreemptionCheckpoint(ckpt_dir / LAST)
-        callbacks = [throughput, guard, preemption]
+        memory = MemoryReport(cfg.data.batch_size, 2 if "16" in precision else 4)
+        callbacks = [throughput, guard, preemption, memory]
         if checkpointing:
             callbacks.append(RunCheckpoint(ckpt_dir, ckpt_every))
         trainer_kwargs["enable_checkpointing"] = checkpointing
@@ -226,6 +240,9 @@ def train(cfg: DictConfig) -> dict:
             "tokens": trainer.global_step * tokens_per_step,
             "tokens_per_sec": throughput.tokens_per_sec,
             "params": n_params,
+            "accumulate_grad_batches": accumulate,
+            "memory_estimate_mb": memory.report.get("estimate_mb"),
+            "peak_memory_mb": memory.report.get("peak_mb"),
             "vocab_size": module.config.vocab_size,
             "padded_vocab_size": module.config.padded_vocab_size,
         })
