@@ -40,6 +40,10 @@ def main(cfg: DictConfig) -> float | None:
             log.exception("job failed; the sweep goes on")
             return None
         raise
+    if summary["status"] == "interrupted" and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # a preemption signal is meant for the whole process: stop the sweep instead of starting the next job
+        log.warning("preempted: the sweep stops after job %s; relaunch it with resume=auto", HydraConfig.get().job.num)
+        raise SystemExit(0)
     return summary["val_loss"]  # the objective for Hydra sweepers such as Optuna
 
 

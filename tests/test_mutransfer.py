@@ -45,6 +45,8 @@ def test_regret_and_shift_from_known_curves():
 def test_grid_is_the_cartesian_product():
     assert grid({"lr_log2": [-8, -6], "optim.weight_decay": [0.0]}) == [
         ["lr_log2=-8", "optim.weight_decay=0.0"], ["lr_log2=-6", "optim.weight_decay=0.0"]]
+    assert grid({"lr_log2": [-8], "parametrization": {"output_mult": [1, 2]}}) == [
+        ["lr_log2=-8", "parametrization.output_mult=1"], ["lr_log2=-8", "parametrization.output_mult=2"]]
     with pytest.raises(ValueError, match="search.x"):
         grid({"x": []})
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from omegaconf import OmegaConf
 
 CSV_COLUMNS = ("parametrization", "width", "lr", "seed", "val_loss", "status", "output_dir")
 PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)"}
@@ -182,10 +183,22 @@ def report(sweep_dir: str | Path, out_dir: str | Path | None = None, title: str 
 
 
 # --------------------------------------------------------------------------- the one-command procedure
-def grid(search: Mapping[str, Sequence[Any]]) -> list[list[str]]:
+def _flatten(search: Mapping[str, Any], prefix: str = "") -> dict[str, Sequence[Any]]:
+    """{"parametrization": {"output_mult": [..]}} (what `+search.parametrization.output_mult=[..]` makes)
+    -> {"parametrization.output_mult": [..]}."""
+    flat: dict[str, Sequence[Any]] = {}
+    for key, value in search.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def grid(search: Mapping[str, Any]) -> list[list[str]]:
     """All combinations of a {override: [values]} search space, as lists of Hydra overrides."""
     combos: list[list[str]] = [[]]
-    for key, values in search.items():
+    for key, values in _flatten(search).items():
         if not values:
             raise ValueError(f"search.{key}: give at least one value")
         combos = [c + [f"{key}={v}"] for c in combos for v in values]
@@ -202,7 +215,7 @@ def run_pipeline(cfg: Any, run: Any) -> dict:
     seeds = list(cfg.seeds)
     if int(cfg.donor_width) >= int(cfg.target_width):
         raise ValueError(f"donor_width={cfg.donor_width} must be narrower than target_width={cfg.target_width}")
-    combos = grid(dict(cfg.search))
+    combos = grid(OmegaConf.to_container(cfg.search, resolve=True))
     # µP's base width is the donor's: there µP and SP are the same model, and the donor's tuning is µP's
     base = [f"+experiment={cfg.experiment}", f"parametrization.base_width={cfg.donor_width}", *cfg.overrides]
     result: dict[str, Any] = {"donor_width": int(cfg.donor_width), "target_width": int(cfg.target_width),
