@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import torch
 import torch.nn as nn
@@ -115,7 +115,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, init: bool = True) -> None:
+        """init=False leaves PyTorch's default init, for a parametrization that draws its own."""
         super().__init__()
         self.config = config
         V, C = config.padded_vocab_size, config.width
@@ -128,7 +129,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(C, V, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
-        self.init_weights()
+        if init:
+            self.init_weights()
 
     # ----------------------------------------------------------------- init
     def residual_projections(self) -> list[nn.Linear]:
@@ -136,22 +138,25 @@ class GPT(nn.Module):
         return [m for b in self.blocks for m in (b.attn.proj, b.mlp.proj)]
 
     @torch.no_grad()
-    def init_weights(self) -> None:
-        """GPT-2's standard-parametrization init: N(0, 0.02) everywhere, residual projections shrunk."""
+    def init_weights(self, normal_: Callable[..., torch.Tensor] = nn.init.normal_) -> None:
+        """GPT-2's standard-parametrization init: N(0, 0.02) everywhere, residual projections shrunk.
+
+        `normal_(tensor, mean, std)` draws the weights; µP passes mup's width-aware sampler, so that both
+        parametrizations draw the same random numbers in the same order (identical models at base width)."""
         std = self.config.init_std
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, std)
+                normal_(module.weight, 0.0, std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, 0.0, std)
+                normal_(module.weight, 0.0, std)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         for proj in self.residual_projections():
-            nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
 
     # -------------------------------------------------------------- forward
     def forward(

@@ -117,7 +117,9 @@ class MaximalUpdateParametrization:
         return replace(config, width=width, attn_scale=alpha / (width // config.n_head), embed_mult=self.input_mult)
 
     def _assemble(self, config: GPTConfig) -> GPT:
-        model = GPT(config)
+        model = GPT(config, init=False)
+        # SP's constructor would draw its init from here: µP draws its own from the same point (build_model)
+        self._init_rng = torch.random.get_rng_state()
         if config.tie_embeddings:
             model.lm_head = SharedReadout(model.tok_emb.weight, bias=False, output_mult=self.output_mult)
         else:
@@ -129,6 +131,7 @@ class MaximalUpdateParametrization:
         if config.width % config.n_head:
             raise ValueError(f"model.width={config.width} is not divisible by model.n_head={config.n_head}")
         model = self._assemble(self._with_multipliers(config, config.width))
+        rng = self._init_rng
         # Base and delta differ in every width dimension (d_model, MLP width, head size); built on the meta
         # device, they cost no memory. Shapes are set before any torch.compile.
         with torch.device("meta"):
@@ -138,27 +141,21 @@ class MaximalUpdateParametrization:
         # Kept on the module as a plain dict too: tensor attributes like p.infshape do not survive deepcopy.
         model.infshapes = {name: p.infshape for name, p in model.named_parameters()}
         model.lm_head.width_mult()  # cache the readout's multiplier while infshape is there
+        torch.random.set_rng_state(rng)  # the random numbers SP would draw: at m = 1 the same model
         self.init_weights(model)
         return model
 
     @torch.no_grad()
     def init_weights(self, model: GPT) -> None:
-        """µP init: hidden matrices N(0, σ²/m) through mup.init (σ at base width = GPT-2's), vectors and
-        embeddings keep a width-independent σ (undoing MuSharedReadout's rescale, mup #55)."""
-        c = model.config
-        resid_std = c.init_std / math.sqrt(2 * c.n_layer)
-        resid = {id(p.weight) for p in model.residual_projections()}
-        for name, p in model.named_parameters():
-            shape = model.infshapes[name]
-            if p.dim() == 1:
-                (nn.init.ones_ if "ln" in name and name.endswith("weight") else nn.init.zeros_)(p)
-            elif shape.ninf() == 2:
-                mup_init.normal_(p, std=resid_std if id(p) in resid else c.init_std)
-            elif name == "lm_head.weight" and self.readout_zero_init:
-                nn.init.zeros_(p)
-            else:
-                nn.init.normal_(p, std=c.init_std)
+        """µP init: GPT-2's init drawn through mup.init, which reads each weight's infshape: hidden matrices
+        N(0, σ²/m) (σ at base width = GPT-2's, 1/sqrt(2·n_layer) on residual projections kept), embeddings,
+        readout and vectors width-independent. The random numbers are drawn in SP's order, so at m = 1 the
+        µP model is SP's, weight for weight, and a donor tuned at the base width is an SP model."""
+        model.init_weights(normal_=mup_init.normal_)
+        if self.readout_zero_init and not model.config.tie_embeddings:
+            nn.init.zeros_(model.lm_head.weight)
         if self.query_zero_init:
+            c = model.config
             for block in model.blocks:
                 block.attn.qkv.weight[: c.width].zero_()
                 if block.attn.qkv.bias is not None:
@@ -168,6 +165,10 @@ class MaximalUpdateParametrization:
     @staticmethod
     def lr_multiplier(shape: InfShape, optimizer: str) -> float:
         """The µP factor on the base learning rate of a parameter of this shape, for an optimizer family."""
+        if optimizer == "muon":
+            # Hidden matrices go to Muon, whose orthogonalised step already has a width-independent spectral
+            # norm (µP's spectral condition): no 1/m on top. The rest goes to AdamW: Adam's rule, 1 for those.
+            return 1.0
         if optimizer in ADAM_LIKE:
             return 1.0 / shape.width_mult() if shape.ninf() == 2 else 1.0
         if optimizer in SGD_LIKE:
@@ -175,7 +176,7 @@ class MaximalUpdateParametrization:
                 return 1.0 / shape.fanin_fanout_mult_ratio()
             return float(shape.width_mult()) if shape.ninf() == 1 else 1.0
         raise ValueError(f"optim.name={optimizer}: parametrization=mup has no learning-rate rule for it "
-                         f"(known: {', '.join(sorted(ADAM_LIKE | SGD_LIKE))})")
+                         f"(known: {', '.join(sorted(ADAM_LIKE | SGD_LIKE | {'muon'}))})")
 
     def param_groups(self, model: GPT, lr: float, weight_decay: float, optimizer: str = "adamw") -> list[dict]:
         """One group per (µP multiplier, decay or not). Weight decay is scaled inversely to the learning rate,
