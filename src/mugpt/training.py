@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import secrets
+import string
 import time
 import traceback
 import warnings
@@ -106,9 +108,9 @@ def wandb_run_id(output_dir: Path) -> str:
     path = output_dir / "wandb_run_id"
     if path.is_file():
         return path.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    # W&B ids are short lowercase alphanumerics; its own generator moved between releases, so make one here.
+    alphabet = string.ascii_lowercase + string.digits
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
     path.write_text(run_id)
     return run_id
 
