@@ -2,6 +2,10 @@
 
 Each group carries its own `lr` (the base learning rate times the parametrization's multiplier) and
 `weight_decay`; schedules multiply every group by the same factor, so µP's per-group ratios survive.
+
+The optimizer zoo (optim.name): adamw, adam, sgd, adagrad, rmsprop, adafactor, adam8bit, muon. Each one takes
+the groups as given, so the µP rule for it lives in `MaximalUpdateParametrization.lr_multiplier`; what each
+optimizer does on top of that (and where that fights µP) is written next to its factory below.
 """
 
 from __future__ import annotations
@@ -66,21 +70,279 @@ def build_scheduler(optimizer: Optimizer, cfg: Any, max_steps: int) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: lr_factor(step, cfg, max_steps))
 
 
-def _adamw(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+# --------------------------------------------------------------------------------------- helpers
+def _foreach(on_cuda: bool, cfg: Any) -> dict:
+    """fused kernels on CUDA where torch has them (cfg.fused: auto/true/false), the foreach path otherwise."""
     fused = cfg.get("fused", "auto")
     use_fused = on_cuda if fused == "auto" else bool(fused)
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-        fused=use_fused or None, foreach=None if use_fused else True,
-    )
+    return {"fused": use_fused or None, "foreach": None if use_fused else True}
 
 
-OPTIMIZERS: dict[str, Callable[[list[dict], Any, bool], Optimizer]] = {"adamw": _adamw}
+def _params(group: dict) -> list[torch.Tensor]:
+    return [p[1] if isinstance(p, tuple) else p for p in group["params"]]
+
+
+def _has_mup_shapes(groups: list[dict]) -> bool:
+    """µP's set_base_shapes leaves `infshape` on every parameter; SP leaves nothing."""
+    return any(hasattr(p, "infshape") for g in groups for p in _params(g))
+
+
+# ------------------------------------------------------------------------------------ the zoo
+def _adamw(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
+
+
+def _adam(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    # Coupled L2: weight_decay·w is added to the gradient *before* Adam divides by sqrt(v), so a weight with
+    # large gradients is hardly decayed and one with tiny gradients (rare tokens) is decayed by ~lr per step.
+    # AdamW decouples the two (w ← w - lr·wd·w). µP's wd/lr_mult rule keeps lr·wd fixed, which is exact only
+    # for decoupled decay: under µP there is no width-transfer rule for this L2 term (hidden gradients shrink
+    # like 1/m while hidden weights shrink like 1/sqrt(m)).
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
+
+
+def _sgd(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    # µP: mup's MuSGD rules (lr_multiplier: hidden lr / (fan_in mult / fan_out mult), vector-like lr·m,
+    # scalars lr). SGD's decay is L2, but for SGD that is the same as decoupled decay up to momentum, so
+    # µP's wd/lr_mult rule holds.
+    if cfg.nesterov and cfg.momentum <= 0:
+        raise ValueError(f"optim.nesterov=true needs optim.momentum > 0, got {cfg.momentum}")
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, dampening=0.0, nesterov=bool(cfg.nesterov),
+                           **_foreach(on_cuda, cfg))
+
+
+def _adagrad(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    # Entrywise g/sqrt(sum g²): Adam-like, so hidden lr/m (mup's docs say so; Tensor Programs V covers
+    # Adam). Theory is silent on eps: it must stay small against hidden gradients, which shrink like 1/m,
+    # or Adagrad turns SGD-like at large width (the same caveat as Adam's eps). Decay is coupled L2 (see adam).
+    return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps,
+                               initial_accumulator_value=cfg.initial_accumulator_value, foreach=True)
+
+
+def _rmsprop(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    # Adam without bias correction (and with optional heavy-ball momentum): Adam-like, hidden lr/m; the same
+    # eps caveat as adagrad. Decay is coupled L2 (see adam).
+    return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
+                               centered=bool(cfg.centered), foreach=True)
+
+
+def _adafactor(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    # torch's Adafactor steps a tensor W by  max(eps2, RMS(W)) · min(lr, 1/sqrt(t)) · u / max(1, RMS(u)/d),
+    # u = g / sqrt(factored second moment). It has no switch for the RMS(W) factor ("relative step"), but
+    # eps2 is its floor: with eps2 = 1 the factor is 1 for every tensor with RMS below 1 (all of this GPT's
+    # weights; LayerNorm gains start at exactly 1), so the group's lr is an absolute step as in Adam, and
+    # µP's Adam rule (hidden lr/m) applies. With the relative step on, a µP hidden weight (RMS ∝ m^-1/2) would
+    # step by lr/m · m^-1/2: its features stop learning as width grows, so that combination is refused.
+    # What stays: the update clip (RMS(u)/d is a per-tensor O(1) factor, the same at every width) and the
+    # cap min(lr, 1/sqrt(t)), which binds first on the groups with the largest lr and bends µP's ratios once
+    # lr > 1/sqrt(step): keep lr·sqrt(max_steps) ≤ 1. Decay is decoupled (w ← w - lr·wd·w).
+    relative = bool(cfg.relative_step)
+    if relative and _has_mup_shapes(groups):
+        raise ValueError("optim.relative_step=true scales each step by the weight's RMS (∝ width^-1/2 for µP hidden "
+                         "weights), which breaks µP's learning-rate rule: use optim.relative_step=false with parametrization=mup")
+    eps2 = cfg.eps2 if relative else 1.0
+    return torch.optim.Adafactor(groups, lr=cfg.lr, beta2_decay=cfg.beta2_decay, eps=(None, eps2), d=cfg.clip_threshold,
+                                 foreach=True)
+
+
+def _adam8bit_backend() -> tuple[str, type] | None:
+    """AdamW with 8-bit state: bitsandbytes first, then torchao; None when neither is importable."""
+    try:
+        import bitsandbytes as bnb  # noqa: PLC0415
+
+        return "bitsandbytes", bnb.optim.AdamW8bit
+    except ImportError:
+        pass
+    for module in ("torchao.optim", "torchao.prototype.low_bit_optim"):  # torchao moved it out of prototype
+        try:
+            return "torchao", getattr(__import__(module, fromlist=["AdamW8bit"]), "AdamW8bit")
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def _adam8bit(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    # AdamW with both moments stored in 8 bits (block-wise quantised): Adam-like, hidden lr/m.
+    _, cls = _check_adam8bit(on_cuda)
+    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def _check_adam8bit(on_cuda: bool) -> tuple[str, type]:
+    backend = _adam8bit_backend()
+    missing = [what for what, ok in (("bitsandbytes or torchao (pip install bitsandbytes)", backend is not None),
+                                     ("a CUDA GPU", on_cuda)) if not ok]
+    if missing:
+        message = f"optim.name=adam8bit: needs bitsandbytes or torchao and a CUDA GPU; missing: {' and '.join(missing)}"
+        raise (ImportError if backend is None else ValueError)(message)
+    return backend
+
+
+# -------------------------------------------------------------------------------------------- Muon
+# Muon orthogonalises each hidden matrix's momentum (Newton-Schulz) and steps by lr·sqrt(max(1, fan_out/fan_in))
+# times it: the update's spectral norm is set by the lr and the aspect ratio alone. Under µP every hidden matrix
+# keeps its aspect ratio as width grows, so the update already has the Θ(1) spectral norm µP asks of hidden
+# weights (the spectral condition of Yang, Simon & Bernstein, 2023): µP's 1/m must NOT be applied on top
+# (lr_multiplier gives Muon's hidden matrices 1). Embeddings, the readout, norms and biases go to AdamW, whose
+# µP rule for them is 1 as well. adjust_lr_fn=match_rms_adamw scales by 0.2·sqrt(max(fan_in, fan_out)), which
+# grows with width, so it is refused under µP.
+EMBEDDING_AND_HEAD = ("tok_emb", "pos_emb", "lm_head")  # this GPT's module names, used when groups carry names
+
+
+def _is_muon_param(p: torch.Tensor, name: str | None) -> bool:
+    if p.dim() != 2:
+        return False
+    if hasattr(p, "infshape"):  # µP's own definition of a hidden matrix: both dimensions grow with width
+        return p.infshape.ninf() == 2
+    if name is None:
+        raise ValueError("optim.name=muon: cannot tell hidden matrices from embeddings and the readout: the "
+                         "parameter groups carry neither µP shapes (parametrization=mup) nor 'param_names'")
+    return name.split(".")[0] not in EMBEDDING_AND_HEAD
+
+
+def split_for_muon(groups: list[dict], adamw_lr_ratio: float) -> tuple[list[dict], list[dict]]:
+    """Split each group into its Muon part (2-D hidden matrices) and its AdamW part (the rest), keeping every
+    option of the group (lr, weight_decay, µP's lr_mult); the AdamW part's lr is the group's lr × adamw_lr_ratio."""
+    muon_groups, adamw_groups = [], []
+    for g in groups:
+        params = _params(g)
+        names = g.get("param_names") or [p[0] if isinstance(p, tuple) else None for p in g["params"]]
+        for is_muon, out in ((True, muon_groups), (False, adamw_groups)):
+            picked = [i for i, (p, n) in enumerate(zip(params, names)) if _is_muon_param(p, n) == is_muon]
+            if not picked:
+                continue
+            sub = {k: v for k, v in g.items() if k not in ("params", "param_names")}
+            sub["params"] = [params[i] for i in picked]
+            if any(n is not None for n in names):
+                sub["param_names"] = [names[i] for i in picked]
+            sub["name"] = f"{g.get('name', 'group')}/{'muon' if is_muon else 'adamw'}"
+            if not is_muon:
+                sub["lr"] = g["lr"] * adamw_lr_ratio
+            out.append(sub)
+    return muon_groups, adamw_groups
+
+
+class MuonWithAdamW(Optimizer):
+    """One optimizer for Lightning and LR schedulers: Muon on the hidden matrices, AdamW on everything else.
+
+    Its param_groups are the two inner optimizers' groups (the same dicts), and both inner optimizers share its
+    `state`, so a scheduler setting a group's lr, zero_grad, gradient clipping, state_dict()/load_state_dict()
+    and Lightning's device moves all see one ordinary torch optimizer."""
+
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon_kwargs: dict, adamw_kwargs: dict) -> None:
+        if not muon_groups:
+            raise ValueError("optim.name=muon: the model has no 2-D hidden matrices for Muon")
+        self.muon = torch.optim.Muon(muon_groups, **muon_kwargs)
+        self.adamw = torch.optim.AdamW(adamw_groups, **adamw_kwargs) if adamw_groups else None
+        super().__init__(self.muon.param_groups + (self.adamw.param_groups if self.adamw else []), defaults={})
+        self._link()
+
+    def _link(self) -> None:
+        """Point the inner optimizers at this one's groups and state (load_state_dict replaces both)."""
+        n = len(self.muon.param_groups)
+        self.muon.param_groups, self.muon.state = self.param_groups[:n], self.state
+        if self.adamw is not None:
+            self.adamw.param_groups, self.adamw.state = self.param_groups[n:], self.state
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "muon": self.muon, "adamw": self.adamw}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "muon" in self.__dict__:
+            self._link()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        if self.adamw is not None:
+            self.adamw.step()
+        return loss
+
+
+def _muon(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    if cfg.adjust_lr_fn == "match_rms_adamw" and _has_mup_shapes(groups):
+        raise ValueError("optim.adjust_lr_fn=match_rms_adamw grows Muon's step like sqrt(width), which breaks µP: "
+                         "use original or spectral_unclamped with parametrization=mup")
+    muon_groups, adamw_groups = split_for_muon(groups, cfg.adamw_lr / cfg.lr)
+    muon_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov), ns_steps=cfg.ns_steps,
+                       adjust_lr_fn=cfg.adjust_lr_fn)
+    adamw_kwargs = dict(lr=cfg.adamw_lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
+    return MuonWithAdamW(muon_groups, adamw_groups, muon_kwargs, adamw_kwargs)
+
+
+OPTIMIZERS: dict[str, Callable[[list[dict], Any, bool], Optimizer]] = {
+    "adamw": _adamw, "adam": _adam, "sgd": _sgd, "adagrad": _adagrad, "rmsprop": _rmsprop,
+    "adafactor": _adafactor, "adam8bit": _adam8bit, "muon": _muon,
+}
+
+
+def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """The global L2 norm of `grads` (returned, before clipping); with max_norm, scales them in place so the
+    norm is at most max_norm. No host sync: the scale is computed on the device."""
+    norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+    if max_norm:
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0).to(grads[0].dtype))
+    return norm
+
+
+def check_optimizer(cfg: Any, on_cuda: bool = False) -> None:
+    """Reject an optimizer this machine cannot run, before any model or data is built (build_optimizer calls it
+    too; the µP-specific refusals need the parameters and come from the factories)."""
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name: unknown optimizer '{cfg.name}' (choose one of {', '.join(OPTIMIZERS)})")
+    if cfg.name == "adam8bit":
+        _check_adam8bit(on_cuda)
+    if cfg.name == "muon" and not hasattr(torch.optim, "Muon"):
+        raise ImportError(f"optim.name=muon: needs torch>=2.9 (torch.optim.Muon); this is torch {torch.__version__}")
+    if cfg.name == "adafactor" and not hasattr(torch.optim, "Adafactor"):
+        raise ImportError(f"optim.name=adafactor: needs torch>=2.5 (torch.optim.Adafactor); this is torch {torch.__version__}")
 
 
 def build_optimizer(groups: list[dict], cfg: Any, on_cuda: bool = False) -> Optimizer:
-    try:
-        factory = OPTIMIZERS[cfg.name]
-    except KeyError:
-        raise ValueError(f"optim.name: unknown optimizer '{cfg.name}' (choose one of {', '.join(OPTIMIZERS)})") from None
-    return factory(groups, cfg, on_cuda)
+    check_optimizer(cfg, on_cuda)
+    return OPTIMIZERS[cfg.name](groups, cfg, on_cuda)
+
+
+# ------------------------------------------------------------------------------------ state size
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """Every plain tensor inside an optimizer-state value; tensor subclasses (torchao's 8-bit state) are
+    opened up into the tensors they store."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass  # noqa: PLC0415
+
+    if isinstance(value, torch.Tensor):
+        if is_traceable_wrapper_subclass(value):
+            names, _ = value.__tensor_flatten__()
+            return [t for n in names for t in _tensors(getattr(value, n))]
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def optimizer_state_bytes(optimizer: Optimizer) -> dict[str, float]:
+    """Memory held in the optimizer's state, measured from its tensors (so take at least one step first).
+
+    Returns {"bytes", "params", "bytes_per_param"}. Scalar (0-d) tensors are left out: they are per-tensor step
+    counters, a few bytes per tensor rather than per parameter, and would blur "AdamW = 8 B/param" on small models."""
+    inner = getattr(optimizer, "optimizer", None)  # a LightningOptimizer wraps the real one
+    optimizer = inner if isinstance(inner, Optimizer) else optimizer
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for value in optimizer.state.values():
+        for t in _tensors(value):
+            if t.dim() == 0:
+                continue
+            key = (t.untyped_storage().data_ptr(), t.storage_offset())
+            if key in seen:  # a view or a tensor stored twice counts once
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
+    params = {id(p): p.numel() for g in optimizer.param_groups for p in g["params"]}
+    n = sum(params.values())
+    return {"bytes": total, "params": n, "bytes_per_param": total / n if n else 0.0}

@@ -34,14 +34,15 @@ class StandardParametrization:
         return GPT(config)
 
     def param_groups(self, model: GPT, lr: float, weight_decay: float, optimizer: str = "adamw") -> list[dict]:
-        """Decay only matrices and embeddings (≥2-D); biases and LayerNorm gains are left alone."""
-        decay, no_decay = [], []
-        for _, p in _named_unique_parameters(model):
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        return [
-            {"name": "decay", "params": decay, "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay},
-            {"name": "no_decay", "params": no_decay, "lr": lr, "lr_mult": 1.0, "weight_decay": 0.0},
-        ]
+        """Decay only matrices and embeddings (≥2-D); biases and LayerNorm gains are left alone. Groups carry
+        their parameters' names (Muon uses them to tell hidden matrices from embeddings and the head)."""
+        decay = {"name": "decay", "params": [], "param_names": [], "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay}
+        no_decay = {"name": "no_decay", "params": [], "param_names": [], "lr": lr, "lr_mult": 1.0, "weight_decay": 0.0}
+        for name, p in _named_unique_parameters(model):
+            group = decay if p.dim() >= 2 else no_decay
+            group["params"].append(p)
+            group["param_names"].append(name)
+        return [decay, no_decay]
 
 
 def _named_unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -190,9 +191,10 @@ class MaximalUpdateParametrization:
             if key not in groups:
                 kind = "hidden" if shape.ninf() == 2 else "vector"
                 groups[key] = {"name": f"{kind}{'' if decay else '_no_decay'}_x{mult:g}", "params": [],
-                               "lr": lr * mult, "lr_mult": mult,
+                               "param_names": [], "lr": lr * mult, "lr_mult": mult,
                                "weight_decay": weight_decay / mult if decay else 0.0}
             groups[key]["params"].append(p)
+            groups[key]["param_names"].append(name)
         return list(groups.values())
 
 
