@@ -394,8 +394,10 @@ class TextDataModule(L.LightningDataModule):
     # ----------------------------------------------------------- dataloaders
     def train_dataloader(self) -> DataLoader:
         ds = RandomWindows(self.train_tokens, self.block_size, self.train_samples, self.seed, self.start_sample)
+        # pinned host memory lets the copy to a GPU run asynchronously instead of stalling the step
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
         ds = FixedWindows(self.val_tokens, self.block_size, self.val_batches * self.batch_size)

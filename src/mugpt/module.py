@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric
 
 from mugpt.model import GPT, GPTConfig
-from mugpt.optim import build_optimizer, build_scheduler, lr_factor
+from mugpt.optim import build_optimizer, clip_grad_norm_, build_scheduler, lr_factor
 from mugpt.parametrization import get_parametrization
 
 
@@ -32,8 +32,9 @@ class GPTLightningModule(L.LightningModule):
         self.optim_cfg = OmegaConf.create(optim)
         self.parametrization = get_parametrization(parametrization)
         self.model: GPT = self.parametrization.build_model(GPTConfig(**model))
-        # The compiled forward is kept off the module tree so checkpoints hold plain parameter names.
-        self._forward = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
+        # The (compiled) forward is kept off the module tree (in __dict__, past nn.Module's registration), so that
+        # checkpoints hold each parameter once, under its plain name: no `_orig_mod.` copy.
+        self.__dict__["_forward"] = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
         self.val_loss = MeanMetric()
         self.last_val_step = -1
 
@@ -48,8 +49,11 @@ class GPTLightningModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
         _, loss = self(x, y)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.optim_cfg.lr * lr_factor(self.global_step, self.optim_cfg, self._max_steps()))
+        # No prog_bar here: Lightning reads progress-bar values back to the host every step (a GPU sync);
+        # mugpt.callbacks.ProgressBar shows the loss once per refresh instead.
+        self.log("train/loss", loss)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # a float is copied to the device: a sync
+            self.log("train/lr", self.optim_cfg.lr * lr_factor(self.global_step, self.optim_cfg, self._max_steps()))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -64,12 +68,17 @@ class GPTLightningModule(L.LightningModule):
         self.log("val/ppl", torch.exp(loss))
         self.last_val_step = self.global_step
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Gradient norm before clipping: the number to watch when training becomes unstable.
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        """Logs the gradient norm and clips it to `optim.grad_clip`. Done here rather than by Lightning's
+        `gradient_clip_val`, whose mixed-precision plugin refuses fused optimizers (the default AdamW on CUDA):
+        with fp16's GradScaler the gradients are unscaled first, which a fused step accepts."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler.unscale_(optimizer)  # Lightning unscales only non-fused optimizers before this hook
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-            self.log("train/grad_norm", norm)
+        if grads:  # the norm before clipping: the number to watch when training becomes unstable
+            self.log("train/grad_norm", clip_grad_norm_(grads, self.optim_cfg.get("grad_clip")))
 
     # ----------------------------------------------------------- optimizer
     def _max_steps(self) -> int:

@@ -23,11 +23,11 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.callbacks import DivergenceGuard, MemoryReport, Throughput
+from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughput
 from mugpt.checkpointing import (CHECKPOINT_DIR, LAST, AtomicCheckpointIO, PreemptionCheckpoint, RunCheckpoint,
                                  check_compatible, find_resume_checkpoint)
 from mugpt.module import GPTLightningModule, perplexity
-from mugpt.optim import check_schedule
+from mugpt.optim import check_optimizer, check_schedule
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,11 @@ def train(cfg: DictConfig) -> dict:
         precision = str(cfg.precision.lightning)
         check_precision(precision)
         check_schedule(cfg.optim, cfg.trainer.max_steps)
+        on_cuda = torch.cuda.is_available() and cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
+        check_optimizer(cfg.optim, on_cuda)
         accumulate = accumulation_steps(cfg)
+        if cfg.trainer.get("gradient_clip_val"):
+            raise ValueError("trainer.gradient_clip_val: set optim.grad_clip instead (the module clips, fused-safe)")
         resume_from = find_resume_checkpoint(cfg.get("resume"), output_dir, *hydra_overrides_and_root(output_dir))
         if resume_from is not None and resume_from[1].resolve() != output_dir.resolve():
             log.info("resuming the run in %s (this directory keeps only the launch log)", resume_from[1])
@@ -212,6 +216,9 @@ def train(cfg: DictConfig) -> dict:
         preemption = PreemptionCheckpoint(ckpt_dir / LAST)
         memory = MemoryReport(cfg.data.batch_size, 2 if "16" in precision else 4)
         callbacks = [throughput, guard, preemption, memory]
+        if trainer_kwargs.get("enable_progress_bar", True):
+            # the bar reads the loss back from the device: once per log window, not every step (a sync each)
+            callbacks.append(ProgressBar(refresh_rate=max(1, int(cfg.trainer.log_every_n_steps))))
         if checkpointing:
             callbacks.append(RunCheckpoint(ckpt_dir, ckpt_every))
         trainer_kwargs["enable_checkpointing"] = checkpointing
@@ -245,6 +252,7 @@ def train(cfg: DictConfig) -> dict:
             "accumulate_grad_batches": accumulate,
             "memory_estimate_mb": memory.report.get("estimate_mb"),
             "peak_memory_mb": memory.report.get("peak_mb"),
+            "optimizer_state_bytes_per_param": memory.report.get("optimizer_state_bytes_per_param"),
             "vocab_size": module.config.vocab_size,
             "padded_vocab_size": module.config.padded_vocab_size,
         })
