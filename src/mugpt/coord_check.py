@@ -1,7 +1,7 @@
 """Coordinate check (Tensor Programs V, figure 5): does an activation's size stay put as the model widens?
 
 For each parametrization (SP, µP), width and seed, a GPT is built with the project's own parametrization,
-trained for a few AdamW steps at a fixed learning rate on random windows of Shakespeare, and after each
+trained for a few optimizer steps (AdamW unless `optim=` says otherwise) at a fixed learning rate on random windows of Shakespeare, and after each
 update the mean |x| of a few activations is measured on one fixed batch. Under µP every hidden activation
 stays Θ(1) in width (a flat line against log width) at every step; under SP the updates make them grow
 with width from the first step on, the faster the higher the learning rate.
@@ -60,6 +60,10 @@ def load_tokens(tokenizer: str = "byte") -> np.ndarray:
     if ids.size and (ids.min() < 0 or ids.max() >= tok.vocab_size):
         raise ValueError(f"tokenizer {tokenizer!r} produced ids outside [0, {tok.vocab_size})")
     return ids
+
+
+OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD", "adagrad": "AdaGrad", "rmsprop": "RMSProp",
+                   "adafactor": "Adafactor", "adam8bit": "8-bit AdamW", "muon": "Muon (+AdamW)"}
 
 
 def sample_batches(tokens: np.ndarray, count: int, batch_size: int, block_size: int,
@@ -348,7 +352,7 @@ def plot_coord_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
                     for b in range(n_blocks)]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
                bbox_to_anchor=(0.5, 0.0), fontsize=9)
-    fig.suptitle(title or "Coordinate check: mean |activation| vs width after t AdamW steps", fontsize=13)
+    fig.suptitle(title or "Coordinate check: mean |activation| vs width after t training steps", fontsize=13)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -374,7 +378,8 @@ def run_coord_check(cfg: Any, output_dir: str | Path | None = None, tokens: np.n
         tokens = load_tokens(cfg.data.tokenizer)
     params = OmegaConf.to_container(cfg.parametrizations, resolve=True)
     title = (f"Coordinate check: {cfg.model.n_layer}-layer GPT, {cfg.model.n_head} heads, "
-             f"AdamW lr={cfg.optim.lr:g}, batch {cfg.data.batch_size}x{cfg.model.block_size}, "
+             f"{OPTIMIZER_NAMES.get(cfg.optim.name, cfg.optim.name)} lr={cfg.optim.lr:g}, "
+             f"batch {cfg.data.batch_size}x{cfg.model.block_size}, "
              f"{len(cfg.seeds)} seed(s)")
     rows = run_traces(params, OmegaConf.to_container(cfg.model, resolve=True), cfg.optim, list(cfg.widths),
                       list(cfg.seeds), int(cfg.steps), tokens, vocab_size, int(cfg.data.batch_size),
