@@ -247,3 +247,20 @@ def test_throughput_and_lr_are_logged_once_per_log_window(make_cfg):
     assert steps_with("train/loss") == [9, 19]
     assert [float(r["val/loss"]) for r in rows if r.get("val/loss")][-1] == pytest.approx(summary["val_loss"], rel=1e-5)
     assert summary["tokens_per_sec"] > 0
+
+
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast with a GradScaler needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("option", ["precision=32-true", "precision=tf32", "precision=bf16-mixed", "precision=bf16-true",
+                                    pytest.param("precision=16-mixed", marks=NEEDS_CUDA), "compile=max-autotune",
+                                    "activation_checkpointing=blocks", "grad_accum=tokens"])
+def test_every_efficiency_option_trains(make_cfg, option):
+    """Each precision/compile/checkpointing/accumulation option: 4 optimizer steps, the loss going down."""
+    extra = ["grad_accum.batch_tokens=512"] if option == "grad_accum=tokens" else []
+    cfg = make_cfg(option, *extra, "trainer.max_steps=4", "eval_every=4", "optim.warmup_steps=0", "optim.lr=1e-2")
+    summary = train(cfg)
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert summary["val_loss"] < math.log(256) - 0.3, summary["val_loss"]
+    if option == "grad_accum=tokens":
+        assert summary["accumulate_grad_batches"] == 2 and summary["tokens"] == 4 * 512
