@@ -87,7 +87,7 @@ def state_bytes_per_param(name: str, lr: float, args: argparse.Namespace) -> flo
     par = get_parametrization(options)
     model = par.build_model(GPTConfig(vocab_size=256, block_size=args.block_size, width=args.width,
                                       n_layer=args.n_layer, n_head=args.n_head))
-    device = "cuda" if name == "adam8bit" else "cpu"
+    device = "cuda" if name == "adam8bit" and torch.cuda.is_available() else "cpu"
     model.to(device)
     opt = build_optimizer(par.param_groups(model, cfg.lr, cfg.weight_decay, optimizer=name), cfg, on_cuda=device == "cuda")
     x = torch.randint(0, 256, (2, args.block_size + 1), device=device)

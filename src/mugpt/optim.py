@@ -145,14 +145,16 @@ def _adafactor(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                                  foreach=True)
 
 
-def _adam8bit_backend() -> tuple[str, type] | None:
-    """AdamW with 8-bit state: bitsandbytes first, then torchao; None when neither is importable."""
-    try:
-        import bitsandbytes as bnb  # noqa: PLC0415
+def _adam8bit_backend(on_cuda: bool) -> tuple[str, type] | None:
+    """AdamW with 8-bit state: on CUDA bitsandbytes first, then torchao (which also runs on the CPU); None when
+    neither is importable here."""
+    if on_cuda:
+        try:
+            import bitsandbytes as bnb  # noqa: PLC0415
 
-        return "bitsandbytes", bnb.optim.AdamW8bit
-    except ImportError:
-        pass
+            return "bitsandbytes", bnb.optim.AdamW8bit
+        except ImportError:
+            pass
     for module in ("torchao.optim", "torchao.prototype.low_bit_optim"):  # torchao moved it out of prototype
         try:
             return "torchao", getattr(__import__(module, fromlist=["AdamW8bit"]), "AdamW8bit")
@@ -168,12 +170,10 @@ def _adam8bit(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
 
 
 def _check_adam8bit(on_cuda: bool) -> tuple[str, type]:
-    backend = _adam8bit_backend()
-    missing = [what for what, ok in (("bitsandbytes or torchao (pip install bitsandbytes)", backend is not None),
-                                     ("a CUDA GPU", on_cuda)) if not ok]
-    if missing:
-        message = f"optim.name=adam8bit: needs bitsandbytes or torchao and a CUDA GPU; missing: {' and '.join(missing)}"
-        raise (ImportError if backend is None else ValueError)(message)
+    backend = _adam8bit_backend(on_cuda)
+    if backend is None:
+        raise ImportError("optim.name=adam8bit: needs torchao (pip install torchao; CPU or CUDA) or, on a CUDA GPU, "
+                          "bitsandbytes")
     return backend
 
 
