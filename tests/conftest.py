@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -43,3 +44,12 @@ def make_cfg(tmp_path, cache_dir):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two OpenMP threads on a busy 2-core machine spend most of a tiny model's step waiting for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

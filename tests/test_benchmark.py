@@ -20,13 +20,7 @@ TRICKS = ("tf32", "pad_vocab", "fused_adamw", "checkpointing", "accumulation")  
 QUIET = lambda *_: None  # noqa: E731
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two OpenMP threads on a busy 2-core machine spend most of a tiny step waiting for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

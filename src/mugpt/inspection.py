@@ -1,0 +1,255 @@
+"""A trained run, back as a plain GPT: load its checkpoint, encode and decode text, sample, and evaluate it.
+
+`load_run(ckpt)` accepts a run directory (it reads checkpoints/last.ckpt and config.yaml there) or a .ckpt file
+(config.yaml is looked for in its run directory). The model is rebuilt exactly as training built it, through
+`get_parametrization(...).build_model(GPTConfig(...))` — µP's base shapes and multipliers included — and the
+Lightning module's `model.`-prefixed weights are loaded into it. No Lightning module, optimizer or trainer.
+
+The scripts built on this (scripts/sample.py, scripts/loss_landscape.py) take `key=value` arguments, parsed by
+`parse_key_values` rather than Hydra: Hydra's override grammar reads a prompt such as `prompt=To be, or not`
+as a sweep or a syntax error, and a prompt must reach the model verbatim.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mugpt.checkpointing import CHECKPOINT_DIR, LAST
+from mugpt.data import Tokenizer, get_tokenizer
+from mugpt.model import GPT, GPTConfig
+from mugpt.parametrization import get_parametrization
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+STATE_PREFIX = "model."  # GPTLightningModule keeps the GPT as `self.model`
+
+
+@dataclass
+class LoadedRun:
+    """A run's trained GPT (in eval mode, on `device`) and what is needed to feed it text."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    ckpt: Path
+    run_dir: Path
+    hparams: dict  # the checkpoint's hyperparameters: model, parametrization, optim, compile_mode
+    config: DictConfig | None  # the run's resolved config.yaml (data settings included); None when absent
+    step: int  # optimizer steps the weights were trained for
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def data_config(self) -> DictConfig:
+        if self.config is None:
+            raise ValueError(f"ckpt={self.ckpt}: no {CONFIG_FILE} in {self.run_dir}, so the run's data settings "
+                             f"(needed for validation batches) are unknown")
+        return self.config.data
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and plots: the run directory's name."""
+        return self.run_dir.name
+
+    @property
+    def description(self) -> str:
+        p, m = self.hparams["parametrization"], self.hparams["model"]
+        base = f", base {p['base_width']}" if p.get("base_width") else ""
+        return f"{p['name']}{base}, width {m['width']}, step {self.step}"
+
+    def logged_val_loss(self) -> float | None:
+        """The run's final validation loss from summary.json, when the run wrote one."""
+        path = self.run_dir / SUMMARY_FILE
+        if not path.is_file():
+            return None
+        value = json.loads(path.read_text()).get("val_loss")
+        return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+# ----------------------------------------------------------------------------------------- loading
+def resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path]:
+    """(checkpoint file, run directory) for `ckpt=` given as a run directory or a .ckpt file."""
+    path = Path(ckpt).expanduser()
+    if not path.exists():
+        raise ValueError(f"ckpt={ckpt}: no such file or directory")
+    file = path / CHECKPOINT_DIR / LAST if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"ckpt={ckpt}: a run directory without a checkpoint (no {CHECKPOINT_DIR}/{LAST} inside)")
+    # training writes OUTPUT/checkpoints/last.ckpt beside OUTPUT/config.yaml
+    run_dir = file.parent.parent if file.parent.name == CHECKPOINT_DIR else file.parent
+    return file, run_dir
+
+
+def read_checkpoint(file: Path) -> dict:
+    """The checkpoint's dict; weights_only: a checkpoint holds tensors and plain values, never code to run."""
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated file, or not a torch file at all
+        raise ValueError(f"ckpt={file}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not hparams or "model" not in hparams or "parametrization" not in hparams or "state_dict" not in checkpoint:
+        raise ValueError(f"ckpt={file}: not a mugpt training checkpoint (no model/parametrization hyperparameters)")
+    return checkpoint
+
+
+def build_model(hparams: Mapping[str, Any]) -> GPT:
+    """The GPT exactly as training built it: the parametrization sets µP's base shapes and multipliers."""
+    return get_parametrization(hparams["parametrization"]).build_model(GPTConfig(**hparams["model"]))
+
+
+def model_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The GPT's own weights out of a Lightning state dict (`model.<name>` keys)."""
+    return {k.removeprefix(STATE_PREFIX): v for k, v in checkpoint["state_dict"].items() if k.startswith(STATE_PREFIX)}
+
+
+def check_device(device: str) -> torch.device:
+    """device=cpu|cuda[:N]|auto (auto: the GPU when there is one)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device}: not a device (use cpu, cuda or auto)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: no CUDA GPU on this machine (use device=cpu)")
+    return dev
+
+
+def load_run(ckpt: str | Path, device: str = "auto") -> LoadedRun:
+    """Load a run's checkpoint into a plain GPT on `device`, in eval mode, with its tokenizer and config."""
+    dev = check_device(device)
+    file, run_dir = resolve_checkpoint(ckpt)
+    checkpoint = read_checkpoint(file)
+    hparams = checkpoint["hyper_parameters"]
+    config_path = run_dir / CONFIG_FILE
+    config = OmegaConf.load(config_path) if config_path.is_file() else None
+    model = build_model(hparams)
+    model.load_state_dict(model_state(checkpoint))
+    model.to(dev).eval()
+    tokenizer = get_tokenizer(config.data.tokenizer if config is not None else tokenizer_for(hparams["model"]))
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"ckpt={ckpt}: data.tokenizer={tokenizer.name} has {tokenizer.vocab_size} tokens, the model "
+                         f"was trained on model.vocab_size={model.config.vocab_size}")
+    return LoadedRun(model=model, tokenizer=tokenizer, ckpt=file, run_dir=run_dir, hparams=hparams, config=config,
+                     step=int(checkpoint.get("global_step", 0)))
+
+
+def tokenizer_for(model_hparams: Mapping[str, Any]) -> str:
+    """Without config.yaml the tokenizer is told apart by the vocabulary it produced: 256 bytes or GPT-2's BPE."""
+    return "byte" if model_hparams["vocab_size"] == 256 else "gpt2"
+
+
+# -------------------------------------------------------------------------------------- validation
+def validation_batches(run: LoadedRun, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`batches` validation batches built as training builds them (evenly spaced windows of the val split,
+    data.batch_size each), on the model's device. With batches = the run's data.val_batches they are exactly
+    the batches its logged validation loss was measured on."""
+    from mugpt.training import build_datamodule  # Lightning and Hydra: only when data is wanted
+
+    if not isinstance(batches, int) or batches <= 0:
+        raise ValueError(f"batches={batches}: must be a positive integer")
+    data = {**OmegaConf.to_container(run.data_config, resolve=True), "val_batches": batches}
+    cfg = OmegaConf.create({"model": {"block_size": run.model.config.block_size}, "data": data})
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("validate")
+    return [(x.to(run.device), y.to(run.device)) for x, y in datamodule.val_dataloader()]
+
+
+@torch.no_grad()
+def evaluate_loss(model: GPT, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean cross-entropy per target token over the batches, as the validation step averages it."""
+    total, count = 0.0, 0
+    for x, y in batches:
+        _, loss = model(x, y)
+        total += float(loss) * y.numel()
+        count += y.numel()
+    return total / count
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """The prompt's token ids; an empty prompt starts from <|endoftext|> (GPT-2) or a newline (bytes)."""
+    ids = tokenizer.encode(prompt)
+    if ids:
+        return ids
+    return [tokenizer.eot_token] if tokenizer.eot_token is not None else tokenizer.encode("\n")
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, num_samples: int) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: must be a non-negative integer")
+    if not temperature >= 0:
+        raise ValueError(f"temperature={temperature}: must be >= 0 (0 is greedy decoding)")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k}: must be a positive integer or none")
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples={num_samples}: must be a positive integer")
+
+
+def sample_ids(model: GPT, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+               top_k: int | None = None, seed: int = 0, num_samples: int = 1) -> torch.Tensor:
+    """(num_samples, len(prompt) + max_new_tokens) token ids: prompt then continuation.
+
+    Goes through GPT.generate, i.e. the model's own forward, so µP's readout multiplier (output_mult / width
+    multiplier, inside the readout) shapes the sampled distribution as it shaped the training loss."""
+    check_sampling(max_new_tokens, temperature, top_k, num_samples)
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)  # generate() draws with torch.multinomial from the global generator (CUDA's too)
+    idx = torch.tensor([list(prompt_ids)] * num_samples, dtype=torch.long, device=device)
+    model.eval()
+    return model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k)
+
+
+def sample_text(run: LoadedRun, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                top_k: int | None = None, seed: int = 0, num_samples: int = 1) -> list[str]:
+    """num_samples texts, each the prompt followed by its sampled continuation."""
+    prompt_ids = encode_prompt(run.tokenizer, prompt)
+    out = sample_ids(run.model, prompt_ids, max_new_tokens, temperature, top_k, seed, num_samples)
+    start = 0 if prompt else len(prompt_ids)  # the start token of an empty prompt is not part of the text
+    return [run.tokenizer.decode(row[start:].tolist()) for row in out]
+
+
+# ------------------------------------------------------------------------------ key=value arguments
+def optional(cast: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A caster that also accepts none/null for None."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in ("none", "null", "") else cast(text)
+
+    parse.__name__ = f"optional {cast.__name__}"
+    return parse
+
+
+TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string"}
+
+
+def parse_key_values(argv: Sequence[str], options: Mapping[str, tuple[Callable[[str], Any], Any]],
+                     required: Sequence[str] = ()) -> dict[str, Any]:
+    """`key=value` arguments, each value cast by its option's caster; values are taken verbatim (no quoting
+    rules), so a prompt may hold commas, colons, quotes or '='. options: name -> (caster, default)."""
+    values = {name: default for name, (_, default) in options.items()}
+    for arg in argv:
+        key, sep, text = arg.partition("=")
+        if not sep:
+            raise ValueError(f"argument '{arg}': expected key=value (options: {', '.join(options)})")
+        if key not in options:
+            raise ValueError(f"unknown option '{key}' (options: {', '.join(options)})")
+        cast = options[key][0]
+        try:
+            values[key] = cast(text)
+        except ValueError:
+            name = cast.__name__.removeprefix("optional ")
+            kind = TYPE_NAMES.get(name, name) + (" or none" if cast.__name__.startswith("optional ") else "")
+            raise ValueError(f"{key}={text}: expected {kind}") from None
+    for name in required:
+        if values.get(name) in (None, ""):
+            raise ValueError(f"{name}=... is required")
+    return values

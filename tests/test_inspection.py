@@ -1,0 +1,240 @@
+"""Trained runs, loaded back: sampling (scripts/sample.py) and loss landscapes (scripts/loss_landscape.py).
+
+Two tiny byte-level checkpoints are trained once for the module, one SP and one µP at twice its base width
+(so µP's readout multiplier, 1/2, is really there)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, compose_config
+from mugpt.inspection import (encode_prompt, evaluate_loss, load_run, optional, parse_key_values, sample_ids,
+                              sample_text, validation_batches)
+from mugpt.landscape import check_options, compute_landscape, filter_normalize, random_direction, trainable_weights
+from mugpt.training import train
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+VAL_BATCHES = 2  # TINY's data.val_batches: the batches the logged validation loss was measured on
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def train_tiny(tmp_path_factory, cache_dir, name: str, *overrides: str) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp(name) / "run"
+    cfg = compose_config([*TINY, "trainer.max_steps=20", "eval_every=20", "optim.lr=1e-2", *overrides], out, cache_dir)
+    summary = train(cfg)
+    assert summary["status"] == "completed"
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def sp_run(tmp_path_factory, cache_dir):
+    return train_tiny(tmp_path_factory, cache_dir, "sp")
+
+
+@pytest.fixture(scope="module")
+def mup_run(tmp_path_factory, cache_dir):
+    # tiny is width 64: twice the base width, so the readout divides the logits by 2
+    return train_tiny(tmp_path_factory, cache_dir, "mup", "parametrization=mup", "parametrization.base_width=32")
+
+
+# ----------------------------------------------------------------------------------------- loading
+def test_missing_or_empty_paths_are_named(tmp_path):
+    with pytest.raises(ValueError, match=f"ckpt={tmp_path / 'nope'}: no such file"):
+        load_run(tmp_path / "nope", "cpu")
+    with pytest.raises(ValueError, match=f"ckpt={tmp_path}: a run directory without a checkpoint"):
+        load_run(tmp_path, "cpu")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="junk.ckpt: not a readable checkpoint"):
+        load_run(junk, "cpu")
+
+
+@pytest.mark.parametrize("which", ["sp_run", "mup_run"])
+def test_loaded_model_reproduces_the_logged_validation_loss(request, which):
+    run_dir, summary = request.getfixturevalue(which)
+    # a run directory and its .ckpt file load the same run
+    run = load_run(run_dir / "checkpoints" / "last.ckpt", "cpu")
+    assert run.run_dir == run_dir and run.step == 20 and run.tokenizer.name == "byte"
+    assert run.hparams["parametrization"]["name"] == ("mup" if which == "mup_run" else "sp")
+    loss = evaluate_loss(run.model, validation_batches(run, VAL_BATCHES))
+    assert loss == pytest.approx(summary["val_loss"], rel=1e-5)
+    assert run.logged_val_loss() == pytest.approx(summary["val_loss"])
+
+
+def test_mup_readout_multiplier_is_in_the_sampled_logits(mup_run):
+    """logits = (output_mult / width_mult) · h Wᵀ with width_mult = 64/32 = 2, in the forward generate() calls."""
+    run = load_run(mup_run[0], "cpu")
+    model = run.model
+    assert model.lm_head.width_mult() == 2.0
+    idx = torch.tensor([run.tokenizer.encode("ROMEO:\nWhat light")])
+    with torch.no_grad():
+        h = (model.tok_emb(idx) + model.pos_emb(torch.arange(idx.size(1)))) * model.config.embed_mult
+        for block in model.blocks:
+            h = block(h)
+        unscaled = model.ln_f(h) @ model.tok_emb.weight.T
+        logits, _ = model(idx)
+    assert torch.allclose(logits, unscaled * (1.0 / 2.0), atol=1e-5)
+    assert not torch.allclose(logits, unscaled, atol=1e-2)  # the multiplier matters at this width
+    # generate() samples from exactly these logits: greedy picks their argmax, and temperature 1 draws
+    # with the probabilities softmax(logits), not softmax(unscaled)
+    greedy = sample_ids(model, idx[0].tolist(), 1, temperature=0.0)
+    assert greedy[0, -1].item() == (unscaled[0, -1, :256] / 2).argmax().item()
+
+
+# ---------------------------------------------------------------------------------------- sampling
+def test_sample_counts_and_greedy_decoding(sp_run):
+    run = load_run(sp_run[0], "cpu")
+    prompt = run.tokenizer.encode("To be, or not")
+    out = sample_ids(run.model, prompt, 25, temperature=0.8, top_k=20, seed=3, num_samples=3)
+    assert out.shape == (3, len(prompt) + 25) and out[:, : len(prompt)].tolist() == [prompt] * 3
+    assert int(out.max()) < 256
+    # top_k=1 is greedy decoding, whatever the temperature: compare with argmax decoding done by hand
+    idx = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(25):
+            logits, _ = run.model(idx[:, -run.model.config.block_size:])
+            idx = torch.cat([idx, logits[:, -1, :256].argmax(-1, keepdim=True)], dim=1)
+    assert sample_ids(run.model, prompt, 25, temperature=0.8, top_k=1, seed=5).tolist() == idx.tolist()
+    assert sample_ids(run.model, prompt, 25, temperature=0.0).tolist() == idx.tolist()
+    # an empty prompt starts from a newline (bytes have no <|endoftext|>), which is not part of the text
+    assert encode_prompt(run.tokenizer, "") == [ord("\n")]
+    from_newline = sample_ids(run.model, [ord("\n")], 10, temperature=0.0)[0, 1:].tolist()
+    assert sample_text(run, "", 10, temperature=0.0) == [run.tokenizer.decode(from_newline)]
+
+
+def test_sample_script_is_deterministic_for_a_seed(sp_run, capsys):
+    sample = load_script("sample")
+    args = [f"ckpt={sp_run[0]}", "prompt=ROMEO: a, b = c", "max_new_tokens=40", "temperature=0.8", "top_k=200",
+            "device=cpu"]
+    outputs = []
+    for seed in (1, 1, 2):
+        assert sample.main([*args, f"seed={seed}"]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] != outputs[2]
+    assert outputs[0].startswith("ROMEO: a, b = c")  # the prompt verbatim: commas and '=' are no syntax
+    assert sample.main([*args, "num_samples=2"]) == 0
+    assert capsys.readouterr().out.count("---------- sample") == 2
+
+
+def test_sample_script_rejects_bad_options_in_one_line(tmp_path, capsys):
+    sample = load_script("sample")
+    for argv, message in [([f"ckpt={tmp_path / 'none'}"], f"ckpt={tmp_path / 'none'}: no such file"),
+                          (["prompt=hi"], "ckpt=... is required"),
+                          (["ckpt=x", "top_k=many"], "top_k=many: expected an integer or none"),
+                          (["ckpt=x", "temperature=-1"], "temperature=-1.0: must be >= 0"),
+                          (["ckpt=x", "beam=4"], "unknown option 'beam'")]:
+        assert sample.main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    options = {"top_k": (optional(int), 3), "prompt": (str, "")}
+    assert parse_key_values(["top_k=none", "prompt=a=b, 'c'"], options) == {"top_k": None, "prompt": "a=b, 'c'"}
+
+
+# ------------------------------------------------------------------------------------- landscapes
+def test_filter_normalisation_gives_each_row_the_weights_row_norm():
+    torch.manual_seed(0)
+    weight = torch.randn(5, 3, 2) * torch.arange(1.0, 6.0).view(5, 1, 1)  # rows of different scale
+    weight[2] = 0.0
+    d = filter_normalize(torch.randn(5, 3, 2), weight)
+    assert d.shape == weight.shape
+    assert torch.allclose(d.flatten(1).norm(dim=1), weight.flatten(1).norm(dim=1), atol=1e-5)
+    assert torch.count_nonzero(d[2]) == 0  # a zero row of the weights gets no direction
+    assert torch.count_nonzero(filter_normalize(torch.randn(7), torch.randn(7))) == 0  # biases, norms: zero
+    raw = torch.randn(4, 6)
+    assert torch.allclose(filter_normalize(raw, torch.ones(4, 6)) / raw, (6 ** 0.5 / raw.norm(dim=1)).view(4, 1)
+                          .expand(4, 6))  # a rescaling per row: the random direction within each row is kept
+
+
+def test_random_directions_cover_each_weight_once(sp_run):
+    model = load_run(sp_run[0], "cpu").model
+    weights = trainable_weights(model)
+    assert "lm_head.weight" not in weights  # tied to tok_emb.weight: perturbed once, through the embedding
+    a = random_direction(weights, torch.Generator().manual_seed(0))
+    b = random_direction(weights, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a[n], b[n]) for n in weights)
+    for name, w in weights.items():
+        if w.dim() >= 2:
+            assert torch.allclose(a[name].norm(dim=1), w.detach().norm(dim=1), rtol=1e-4), name
+        else:
+            assert torch.count_nonzero(a[name]) == 0, name
+
+
+def test_landscape_is_centred_on_the_trained_loss(sp_run):
+    run = load_run(sp_run[0], "cpu")
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    result = compute_landscape(run, resolution=5, span=1.0, batches=VAL_BATCHES, seed=0)
+    c = result.center
+    val_loss = evaluate_loss(run.model, validation_batches(run, VAL_BATCHES))
+    assert result.alphas.tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert result.loss_at_zero == pytest.approx(val_loss, rel=1e-6)
+    assert result.loss_1d[c] == pytest.approx(val_loss, rel=1e-6)
+    assert result.loss_2d[c, c] == pytest.approx(val_loss, rel=1e-6)
+    assert result.loss_at_zero == pytest.approx(sp_run[1]["val_loss"], rel=1e-5)  # the run's own val loss
+    # the 1-D direction is the plane's first axis: the 1-D curve is the plane's beta = 0 line
+    assert result.loss_1d.tolist() == pytest.approx(result.loss_2d[:, c].tolist(), rel=1e-6)
+    # a trained model sits in a basin: a whole filter-norm step away costs loss on both sides
+    assert result.loss_1d[0] > result.loss_1d[c] + 0.02 and result.loss_1d[-1] > result.loss_1d[c] + 0.02
+    assert result.loss_2d.max() > result.loss_2d[c, c]
+    after = run.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the weights are put back
+
+
+def test_landscape_options_are_checked_before_work():
+    with pytest.raises(ValueError, match="resolution=4: must be an odd integer"):
+        check_options(4, 1.0, 2)
+    with pytest.raises(ValueError, match="span=0"):
+        check_options(5, 0, 2)
+    with pytest.raises(ValueError, match="batches=0"):
+        check_options(5, 1.0, 0)
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), list(reader)
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.stat().st_size > 5000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_landscape_script_writes_csvs_and_plots(sp_run, mup_run, tmp_path, capsys):
+    landscape = load_script("loss_landscape")
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["resolution=5", "span=1.0", f"batches={VAL_BATCHES}", "seed=0", "device=cpu"]
+    assert landscape.main([f"ckpt={sp_run[0]}", f"out={one}", *common]) == 0
+    columns, rows = read_csv(one / "landscape_1d.csv")
+    assert columns == ["alpha", "loss"] and len(rows) == 5
+    assert float(rows[2]["alpha"]) == 0.0 and float(rows[2]["loss"]) == pytest.approx(sp_run[1]["val_loss"], rel=1e-5)
+    columns, rows = read_csv(one / "landscape_2d.csv")
+    assert columns == ["alpha", "beta", "loss"] and len(rows) == 25
+    # µP beside SP: a `run` column, each run's rows, both runs in the plots
+    assert landscape.main([f"ckpt={sp_run[0]}", f"ckpt2={mup_run[0]}", f"out={two}", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "loss at 0" in printed and "mup, base 32, width 64" in printed
+    columns, rows = read_csv(two / "landscape_2d.csv")
+    assert columns == ["run", "alpha", "beta", "loss"] and len(rows) == 2 * 25
+    columns, rows = read_csv(two / "landscape_1d.csv")
+    assert columns == ["run", "alpha", "loss"] and len(rows) == 2 * 5
+    centre = {r["run"]: float(r["loss"]) for r in rows if float(r["alpha"]) == 0.0}
+    assert len(centre) == 2 and [*centre.values()] == pytest.approx([sp_run[1]["val_loss"], mup_run[1]["val_loss"]],
+                                                                     rel=1e-5)
+    for folder in (one, two):
+        assert_png(folder / "landscape_1d.png")
+        assert_png(folder / "landscape_2d.png")
+    assert landscape.main([f"ckpt={sp_run[0]}", "resolution=6"]) == 2
+    assert "resolution=6: must be an odd integer" in capsys.readouterr().err
