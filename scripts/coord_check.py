@@ -22,6 +22,15 @@ def main(cfg: DictConfig) -> None:
           f"{result['table']}\n")
     print(f"{len(result['rows'])} rows in {result['seconds']:.0f}s -> {out / 'coord_check.csv'}, "
           f"{out / 'coord_check_slopes.csv'}, {out / 'coord_check.png'}")
+    if cfg.get("wandb"):
+        from omegaconf import OmegaConf
+
+        from mugpt.training import publish_to_wandb
+
+        local = publish_to_wandb("coord_check", out, [out / "coord_check.png"],
+                                 [out / "coord_check.csv", out / "coord_check_slopes.csv"],
+                                 OmegaConf.to_container(cfg, resolve=False))
+        print(f"logged to W&B: {local}")
 
 
 if __name__ == "__main__":

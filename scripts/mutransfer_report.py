@@ -16,6 +16,7 @@ def main(argv=None) -> int:
     parser.add_argument("sweep_dir", help="a Hydra multirun directory (or any folder of runs with summary.json)")
     parser.add_argument("--out", default=None, help="where to write the report (default: SWEEP_DIR)")
     parser.add_argument("--title", default="", help="figure title")
+    parser.add_argument("--wandb", action="store_true", help="also log the figure and tables to W&B (offline without a key)")
     args = parser.parse_args(argv)
     try:
         result = report(args.sweep_dir, args.out, title=args.title)
@@ -29,6 +30,12 @@ def main(argv=None) -> int:
     print(result["text"])
     out = result["output_dir"]
     print(f"wrote {out / 'mutransfer.csv'}, {out / 'mutransfer.png'}, {out / 'mutransfer.json'}")
+    if args.wandb:
+        from mugpt.training import publish_to_wandb
+
+        local = publish_to_wandb("mutransfer_report", out, [out / "mutransfer.png"], [out / "mutransfer.csv"],
+                                 {"sweep_dir": str(args.sweep_dir)})
+        print(f"logged to W&B: {local}")
     return 0
 
 

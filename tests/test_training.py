@@ -264,3 +264,59 @@ def test_every_efficiency_option_trains(make_cfg, option):
     assert summary["val_loss"] < math.log(256) - 0.3, summary["val_loss"]
     if option == "grad_accum=tokens":
         assert summary["accumulate_grad_batches"] == 2 and summary["tokens"] == 4 * 512
+
+
+def test_loggers_combine_as_a_list(make_cfg):
+    """logger=[csv,tensorboard]: both write the same run's metrics into its directory."""
+    pytest.importorskip("tensorboard", reason="logger=tensorboard needs the tensorboard package (pip install -e '.[tb]')")
+    import csv
+
+    cfg = make_cfg("logger=[csv,tensorboard]", "trainer.max_steps=10", "eval_every=10")
+    assert sorted(cfg.logger) == ["csv", "tensorboard"]
+    summary = train(cfg)
+    out = Path(cfg.output_dir)
+    rows = list(csv.DictReader(next(out.rglob("metrics.csv")).open()))
+    assert [float(r["val/loss"]) for r in rows if r.get("val/loss")] == [pytest.approx(summary["val_loss"], rel=1e-5)]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(out.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert events.Scalars("val/loss")[-1].value == pytest.approx(summary["val_loss"], rel=1e-5)
+    assert [e.step for e in events.Scalars("train/loss")] == [9]
+
+
+def test_a_missing_logger_package_is_named_before_training(make_cfg, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("tensorboard", "tensorboardX") else real(name, *a))
+    cfg = make_cfg("logger=tensorboard")
+    with pytest.raises(ValueError, match=r"^logger=tensorboard: needs the tensorboard package"):
+        train(cfg)
+    assert "steps" not in read_summary(cfg)
+
+
+def test_script_figures_are_published_to_wandb_offline(tmp_path, monkeypatch):
+    """The coordinate check and the µTransfer report log their PNG as a W&B image and CSVs as W&B tables."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mugpt.training import publish_to_wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    png, table = tmp_path / "coord_check.png", tmp_path / "coord_check_slopes.csv"
+    plt.plot([1, 2], [3, 4])
+    plt.savefig(png)
+    plt.close()
+    table.write_text("parametrization,slope\nsp,1.5\nmup,0.01\n")
+    local = publish_to_wandb("coord_check", tmp_path, [png], [table], {"widths": [64, 128]})
+    assert local.name.startswith("offline-run-") and local.parent.parent == tmp_path
+    images = list(local.rglob("media/images/coord_check_*.png"))
+    assert len(images) == 1 and images[0].read_bytes() == png.read_bytes()
+    tables = list(local.rglob("media/table/coord_check_slopes_*.table.json"))
+    assert len(tables) == 1
+    assert json.loads(tables[0].read_text())["data"] == [["sp", "1.5"], ["mup", "0.01"]]

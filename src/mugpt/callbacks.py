@@ -214,9 +214,9 @@ class MemoryReport(L.Callback):
         self.report["optimizer_state_bytes_per_param"] = state["bytes_per_param"]
         log.info("optimizer state (%s), measured after the first step: %.1f MiB, %.2f bytes/parameter",
                  pl_module.optim_cfg.name, self.report["optimizer_state_mb"], state["bytes_per_param"])
-        if trainer.logger:
-            trainer.logger.log_metrics({"memory/optimizer_state_bytes_per_param": state["bytes_per_param"]},
-                                       step=trainer.global_step)
+        for logger in trainer.loggers:
+            logger.log_metrics({"memory/optimizer_state_bytes_per_param": state["bytes_per_param"]},
+                               step=trainer.global_step)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.report["peak_mb"] = peak_memory_bytes(pl_module.device) / 2**20

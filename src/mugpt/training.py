@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughput
 from mugpt.checkpointing import (CHECKPOINT_DIR, LAST, AtomicCheckpointIO, PreemptionCheckpoint, RunCheckpoint,
                                  check_compatible, find_resume_checkpoint)
+from mugpt.diagnostics import build_diagnostics
 from mugpt.module import GPTLightningModule, perplexity
 from mugpt.optim import check_optimizer, check_schedule
 
@@ -52,6 +53,30 @@ def load_env() -> None:
     if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
         os.environ["WANDB_MODE"] = "offline"
     os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def publish_to_wandb(job_type: str, out_dir: Path, images: list[Path], tables: list[Path],
+                     config: dict | None = None) -> Path:
+    """Log a script's result (the coordinate check, the µTransfer report) to W&B as one run of `job_type`: each
+    PNG as an image and each CSV as a table, so the figures sit beside the training runs in the dashboard.
+    Offline without an API key, like the training runs. Returns the W&B run's local directory."""
+    import csv
+
+    load_env()
+    import wandb
+
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mugpt"), entity=os.environ.get("WANDB_ENTITY"),
+                     job_type=job_type, name=f"{job_type}-{out_dir.resolve().name}", dir=str(out_dir),
+                     config=config or {}, reinit="finish_previous")
+    payload: dict[str, Any] = {path.stem: wandb.Image(str(path)) for path in images}
+    for path in tables:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+        payload[path.stem] = wandb.Table(columns=rows[0], data=rows[1:])
+    run.log(payload)
+    local = Path(run.dir).parent
+    run.finish()
+    return local
 
 
 def check_precision(precision: str) -> None:
@@ -115,19 +140,37 @@ def wandb_run_id(output_dir: Path) -> str:
     return run_id
 
 
-def build_logger(cfg: DictConfig, output_dir: Path):
-    if cfg.logger is None or cfg.logger.get("_target_") is None:
-        return False
-    kwargs: dict[str, Any] = {}
-    target = cfg.logger._target_
-    if target.endswith("WandbLogger"):
-        kwargs = {"save_dir": str(output_dir), "name": run_name(cfg), "group": sweep_group(),
-                  "config": OmegaConf.to_container(cfg, resolve=True), "id": wandb_run_id(output_dir),
-                  "resume": "allow"}
-    elif target.endswith("CSVLogger") or target.endswith("TensorBoardLogger"):
-        kwargs = {"save_dir": str(output_dir)}
-    # through a partial: WandbLogger's `config` keyword would collide with instantiate's own `config`
-    return instantiate(cfg.logger, _partial_=True)(**kwargs)
+def logger_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """The selected loggers by name: `logger=csv` gives one, `logger=[wandb,tensorboard]` two, `logger=none` none
+    (each conf/logger/*.yaml is packaged under logger.<name>, so a list of them composes without collisions)."""
+    return {name: c for name, c in (cfg.get("logger") or {}).items()
+            if isinstance(c, DictConfig) and c.get("_target_")}
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """Fail fast on a logger whose package is missing, before any data is read."""
+    import importlib.util
+
+    for name, c in logger_configs(cfg).items():
+        if c._target_.endswith("TensorBoardLogger") and not any(
+                importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise ValueError(f"logger={name}: needs the tensorboard package (pip install -e '.[tb]')")
+
+
+def build_logger(cfg: DictConfig, output_dir: Path) -> list | bool:
+    """Lightning loggers for this run, all writing into its output directory (False when there are none)."""
+    loggers = []
+    for c in logger_configs(cfg).values():
+        kwargs: dict[str, Any] = {}
+        if c._target_.endswith("WandbLogger"):
+            kwargs = {"save_dir": str(output_dir), "name": run_name(cfg), "group": sweep_group(),
+                      "config": OmegaConf.to_container(cfg, resolve=True), "id": wandb_run_id(output_dir),
+                      "resume": "allow"}
+        elif c._target_.endswith(("CSVLogger", "TensorBoardLogger")):
+            kwargs = {"save_dir": str(output_dir)}
+        # through a partial: WandbLogger's `config` keyword would collide with instantiate's own `config`
+        loggers.append(instantiate(c, _partial_=True)(**kwargs))
+    return loggers or False
 
 
 def build_datamodule(cfg: DictConfig):
@@ -176,6 +219,7 @@ def train(cfg: DictConfig) -> dict:
         check_schedule(cfg.optim, cfg.trainer.max_steps)
         on_cuda = torch.cuda.is_available() and cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
         check_optimizer(cfg.optim, on_cuda)
+        check_loggers(cfg)
         accumulate = accumulation_steps(cfg)
         if cfg.trainer.get("gradient_clip_val"):
             raise ValueError("trainer.gradient_clip_val: set optim.grad_clip instead (the module clips, fused-safe)")
@@ -216,6 +260,7 @@ def train(cfg: DictConfig) -> dict:
         preemption = PreemptionCheckpoint(ckpt_dir / LAST)
         memory = MemoryReport(cfg.data.batch_size, 2 if "16" in precision else 4)
         callbacks = [throughput, guard, preemption, memory]
+        callbacks += build_diagnostics(cfg.get("diagnostics"), datamodule)  # [] unless diagnostics=on
         if trainer_kwargs.get("enable_progress_bar", True):
             # the bar reads the loss back from the device: once per log window, not every step (a sync each)
             callbacks.append(ProgressBar(refresh_rate=max(1, int(cfg.trainer.log_every_n_steps))))
@@ -267,7 +312,7 @@ def train(cfg: DictConfig) -> dict:
     finally:
         summary["wall_seconds"] = round(time.time() - started, 2)
         write_summary(output_dir, summary)
-        if logger and type(logger).__name__ == "WandbLogger":
+        if logger and any(type(one).__name__ == "WandbLogger" for one in logger):
             import wandb
 
             wandb.finish()  # each multirun job must close its own W&B run
