@@ -320,3 +320,13 @@ def test_script_figures_are_published_to_wandb_offline(tmp_path, monkeypatch):
     tables = list(local.rglob("media/table/coord_check_slopes_*.table.json"))
     assert len(tables) == 1
     assert json.loads(tables[0].read_text())["data"] == [["sp", "1.5"], ["mup", "0.01"]]
+
+
+def test_a_checkpoint_between_log_windows_never_holds_diverged_weights(make_cfg):
+    """The guard reads losses back once per 10-step window, but a checkpoint due at step 5 makes it check first:
+    the run diverged at step 1, so nothing after it is saved."""
+    cfg = make_cfg("max_loss=1.0", "trainer.max_steps=40", "eval_every=40", "checkpoint.every_n_steps=5")
+    summary = train(cfg)
+    assert summary["status"] == "diverged" and "at step 1 " in summary["diverged_reason"]
+    assert summary["steps"] == 5  # stopped where the early check found it, not at the window's end
+    assert not (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists()

@@ -43,8 +43,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
-def _diverged(trainer: L.Trainer) -> bool:
-    return any(getattr(cb, "diverged_at", None) is not None for cb in trainer.callbacks)
+def _diverged(trainer: L.Trainer, before_saving: bool = False) -> bool:
+    """Has a divergence guard stopped this run? before_saving: first make it read back the losses it has not
+    checked yet (it checks once per log window), so that weights from after a divergence are never saved."""
+    guards = [cb for cb in trainer.callbacks if hasattr(cb, "diverged_at")]
+    if before_saving:
+        for guard in guards:
+            guard.check(trainer)
+    return any(guard.diverged_at is not None for guard in guards)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -56,15 +62,21 @@ class RunCheckpoint(ModelCheckpoint):
         self.CHECKPOINT_NAME_LAST = LAST.removesuffix(".ckpt")
 
     def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
-        if not _diverged(trainer):
+        saving = bool(self._every_n_train_steps) and trainer.global_step % self._every_n_train_steps == 0
+        if not _diverged(trainer, before_saving=saving):
             super().on_train_batch_end(trainer, *args, **kwargs)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not _diverged(trainer):
+        if not _diverged(trainer, before_saving=True):
             super().on_validation_end(trainer, pl_module)
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Lightning saves `last` here when training ends: not after a divergence (the last good one stays)
+        if not _diverged(trainer, before_saving=True):
+            super().on_train_end(trainer, pl_module)
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if not _diverged(trainer):
+        if not _diverged(trainer, before_saving=True):
             super().on_train_epoch_end(trainer, pl_module)
 
 
@@ -91,6 +103,8 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is None or self.preempted_at is not None:
             return
+        if _diverged(trainer, before_saving=True):
+            return  # the divergence guard stops this run; the last good checkpoint stays
         trainer.save_checkpoint(self.path)
         self.preempted_at = trainer.global_step
         log.warning("received signal %d: saved %s at step %d; resume with resume=auto", self.received,
