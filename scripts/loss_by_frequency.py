@@ -1,0 +1,234 @@
+"""Training loss by token frequency, SGD against AdamW (Kunstner et al. 2024, "Heavy-Tailed Class Imbalance and
+Why Adam Outperforms Gradient Descent on Language Models", figure 1).
+
+Trains the same reduced GPT-2 on Shakespeare with the GPT-2 BPE tokenizer (heavy-tailed: a few tokens make up
+most of the text, tens of thousands are rare) twice, `optim=sgd` and `optim=adamw` at their default learning
+rates, through `mugpt.training.train` with configs composed by Hydra's compose API (as src/train.py composes
+them), with `diagnostics=on` and `logger=csv`. The diagnostics log the training loss of the current batch's
+targets per token-frequency bucket (deciles of the training split's token occurrences: bucket 0 = the most
+frequent tokens making up the first 10% of the corpus, bucket 9 = the rare tail making up the last 10%).
+
+Writes into --out (default scripts/results/loss_by_frequency/):
+  loss_by_frequency.csv         optimizer, step, bucket, loss  (step: the updates done before the batch was
+                                measured, i.e. the metrics.csv row where Lightning logs that batch's train/loss)
+  loss_by_frequency.png         per-bucket training loss over steps (SGD | AdamW) and the final loss by bucket
+  loss_by_frequency_final.csv   optimizer, bucket, loss (mean of the last --final-events events), token types
+                                and share of the training tokens per bucket
+  runs/<optimizer>/             each run's output directory (metrics.csv under csv/version_0/)
+
+    python scripts/loss_by_frequency.py          # about 4 minutes on an idle 2-core CPU (12 on a shared one)
+    python scripts/loss_by_frequency.py --steps 400 --width 128 --n-layer 4
+
+Per-bucket losses are measured on one batch each (about a tenth of its targets per bucket), so single events are
+noisy; the curves are a running mean over --smooth events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = str(ROOT / "conf")
+OPTIMIZERS = ("sgd", "adamw")
+TITLES = {"sgd": "SGD (Nesterov momentum 0.9)", "adamw": "AdamW"}
+log = logging.getLogger("loss_by_frequency")
+
+
+def compose_run(name: str, args: argparse.Namespace, output_dir: Path) -> DictConfig:
+    overrides = [
+        f"optim={name}", f"output_dir={output_dir}", "logger=csv", "diagnostics=on",
+        f"diagnostics.every_n_steps={args.every}", f"diagnostics.token_frequency_buckets={args.buckets}",
+        "model=small", f"model.width={args.width}", f"model.n_layer={args.n_layer}", f"model.n_head={args.n_head}",
+        f"model.block_size={args.block_size}", "data.tokenizer=gpt2", f"data.batch_size={args.batch_size}",
+        "data.val_batches=2", f"trainer.max_steps={args.steps}", f"eval_every={args.steps}",
+        "trainer.log_every_n_steps=10", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        f"seed={args.seed}", "parametrization=sp", "checkpoint.every_n_steps=0",
+    ]
+    lr = {"sgd": args.sgd_lr, "adamw": args.adamw_lr}[name]
+    if lr is not None:
+        overrides.append(f"optim.lr={lr}")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def bucket_table(cfg: DictConfig) -> list[dict]:
+    """Token types and share of the training tokens in each bucket, as the run's diagnostics assign them."""
+    from mugpt.diagnostics import frequency_buckets, token_counts
+    from mugpt.training import build_datamodule
+
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    counts = token_counts(dm.train_tokens, dm.vocab_size)
+    buckets = frequency_buckets(counts, cfg.diagnostics.token_frequency_buckets)
+    rows = []
+    for k in range(cfg.diagnostics.token_frequency_buckets):
+        member = counts[buckets == k]
+        seen = member[member > 0]
+        rows.append({"bucket": k, "token_types": int(len(member)), "seen_types": int(len(seen)),
+                     "share": float(member.sum() / counts.sum()),
+                     "min_count": int(seen.min()) if len(seen) else 0,
+                     "max_count": int(seen.max()) if len(seen) else 0})
+    return rows
+
+
+def read_bucket_losses(output_dir: Path) -> list[tuple[int, int, float]]:
+    """(step, bucket, loss) from a run's metrics.csv; step = its row = updates done before the measured batch."""
+    out = []
+    with open(output_dir / "csv" / "version_0" / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key.startswith("freq_loss/bucket_") and value:
+                    out.append((int(row["step"]), int(key.rsplit("_", 1)[1]), float(value)))
+    return sorted(out)
+
+
+def running_mean(values: np.ndarray, n: int) -> np.ndarray:
+    """Mean of the last n values at each point (fewer at the start)."""
+    c = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - n, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def final_losses(rows: list[dict], n_events: int) -> dict[tuple[str, int], float]:
+    """(optimizer, bucket) → mean loss over its last n_events events."""
+    series: dict[tuple[str, int], list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        series[(r["optimizer"], r["bucket"])].append((r["step"], r["loss"]))
+    return {k: float(np.mean([loss for _, loss in sorted(v)[-n_events:]])) for k, v in series.items()}
+
+
+def plot(rows: list[dict], final: dict, table: list[dict], path: Path, args: argparse.Namespace,
+         vocab: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = args.buckets
+    cmap = plt.get_cmap("viridis")
+    colour = {k: cmap(0.92 * k / max(1, n - 1)) for k in range(n)}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.4), gridspec_kw={"width_ratios": [1, 1, 0.9]})
+    for ax, name in zip(axes[:2], OPTIMIZERS):
+        for k in range(n):
+            pts = sorted((r["step"], r["loss"]) for r in rows if r["optimizer"] == name and r["bucket"] == k)
+            if not pts:
+                continue
+            steps, losses = np.array(pts).T
+            ax.plot(steps, running_mean(losses, args.smooth), color=colour[k], lw=1.6,
+                    label=f"{k}: {table[k]['token_types']:,} types" if name == OPTIMIZERS[0] else None)
+        ax.axhline(math.log(vocab), color="grey", ls=":", lw=1)
+        ax.set_title(TITLES[name])
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"training loss per bucket (running mean of {args.smooth} events)")
+    axes[1].sharey(axes[0])
+    fig.legend(title="bucket (0 = most frequent): token types in it", fontsize=8, title_fontsize=8,
+               loc="lower center", ncol=n, frameon=False)
+    ax = axes[2]
+    x = np.arange(n)
+    for i, name in enumerate(OPTIMIZERS):
+        ax.bar(x + (i - 0.5) * 0.4, [final.get((name, k), np.nan) for k in x], width=0.4, label=TITLES[name])
+    ax.axhline(math.log(vocab), color="grey", ls=":", lw=1, label=f"ln V = {math.log(vocab):.2f} (uniform)")
+    ax.set_xticks(x)
+    ax.set_xlabel("token-frequency bucket (0 = most frequent)")
+    ax.set_ylabel(f"final training loss (mean of last {args.final_events} events)")
+    ax.set_title(f"after {args.steps} steps")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"Loss by token frequency, GPT-2 BPE Shakespeare: width {args.width}, {args.n_layer} layers, "
+                 f"{args.batch_size}×{args.block_size} tokens/step, SP, default learning rates "
+                 f"(SGD {args.used_lr['sgd']:g}, AdamW {args.used_lr['adamw']:g})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "loss_by_frequency")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--every", type=int, default=5, help="diagnostics.every_n_steps")
+    p.add_argument("--buckets", type=int, default=10)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--n-layer", type=int, default=2)
+    p.add_argument("--n-head", type=int, default=2)
+    p.add_argument("--block-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sgd-lr", type=float, default=None, help="default: conf/optim/sgd.yaml")
+    p.add_argument("--adamw-lr", type=float, default=None, help="default: conf/optim/adamw.yaml")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--smooth", type=int, default=5, help="events in the running mean of the curves")
+    p.add_argument("--final-events", type=int, default=5, help="events averaged into the final loss")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--plot-only", action="store_true", help="re-read the runs in --out and redraw")
+    args = p.parse_args(argv)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    for name in ("loss_by_frequency", "mugpt"):  # Lightning prints its own lines
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from mugpt.training import train
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    args.used_lr = {}
+    table: list[dict] = []
+    for name in OPTIMIZERS:
+        run_dir = args.out / "runs" / name
+        cfg = compose_run(name, args, run_dir)
+        args.used_lr[name] = float(cfg.optim.lr)
+        if not table:
+            table = bucket_table(cfg)
+            for t in table:
+                log.info("bucket %d: %6d token types (%5d seen), %.1f%% of training tokens, counts %d-%d",
+                         t["bucket"], t["token_types"], t["seen_types"], 100 * t["share"], t["min_count"],
+                         t["max_count"])
+        if not args.plot_only:
+            start = time.perf_counter()
+            summary = train(cfg)
+            log.info("%s lr=%g: %s, train loss %.3f, val loss %.3f, %.0fs", name, cfg.optim.lr, summary["status"],
+                     summary["train_loss"], summary["val_loss"], time.perf_counter() - start)
+        rows += [{"optimizer": name, "step": s, "bucket": k, "loss": loss}
+                 for s, k, loss in read_bucket_losses(run_dir)]
+
+    with open(args.out / "loss_by_frequency.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["optimizer", "step", "bucket", "loss"])
+        writer.writeheader()
+        writer.writerows(rows)
+    final = final_losses(rows, args.final_events)
+    with open(args.out / "loss_by_frequency_final.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["optimizer", "bucket", "loss", "token_types", "share_of_tokens", "min_count", "max_count"])
+        for name in OPTIMIZERS:
+            for t in table:
+                writer.writerow([name, t["bucket"], f"{final.get((name, t['bucket']), math.nan):.4f}",
+                                 t["token_types"], f"{t['share']:.4f}", t["min_count"], t["max_count"]])
+    vocab = 50257
+    plot(rows, final, table, args.out / "loss_by_frequency.png", args, vocab)
+    print(f"\nfinal training loss by bucket (mean of the last {args.final_events} events, of {args.steps} steps):")
+    print("bucket  " + "  ".join(f"{k:>6d}" for k in range(args.buckets)))
+    for name in OPTIMIZERS:
+        print(f"{name:<7} " + "  ".join(f"{final.get((name, k), math.nan):6.2f}" for k in range(args.buckets)))
+    print(f"wrote {args.out}/loss_by_frequency.csv, loss_by_frequency.png, loss_by_frequency_final.csv")
+
+
+if __name__ == "__main__":
+    main()
