@@ -97,6 +97,45 @@ def read_bucket_losses(output_dir: Path) -> list[tuple[int, int, float]]:
     return sorted(out)
 
 
+def read_module_norms(output_dir: Path) -> list[dict]:
+    """(step, kind, name, value) for every act/* and update/* entry of a run's metrics.csv."""
+    out = []
+    with open(output_dir / "csv" / "version_0" / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if value and key.startswith(("act/", "update/")):
+                    kind, name = key.split("/", 1)
+                    out.append({"step": int(row["step"]), "kind": kind, "name": name, "value": float(value)})
+    return out
+
+
+def plot_module_norms(norms: dict[str, list[dict]], path: Path) -> None:
+    """Mean |activation| and relative update size per module over the run, one column per optimizer: the
+    coordinate check's quantities watched over a whole run instead of its first steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(norms), figsize=(6 * len(norms), 8), sharey="row", squeeze=False)
+    for col, (optimizer, rows) in enumerate(norms.items()):
+        for row, (kind, label) in enumerate((("act", "mean |activation|"), ("update", "||ΔW|| / ||W|| per event"))):
+            ax = axes[row][col]
+            for name in sorted({r["name"] for r in rows if r["kind"] == kind}):
+                points = sorted((r["step"], r["value"]) for r in rows if r["kind"] == kind and r["name"] == name)
+                ax.plot(*zip(*points), label=name, lw=1.2)
+            ax.set_yscale("log")
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(label)
+            ax.set_title(f"{optimizer}: {label}", fontsize=10)
+            ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def running_mean(values: np.ndarray, n: int) -> np.ndarray:
     """Mean of the last n values at each point (fewer at the start)."""
     c = np.cumsum(np.insert(values, 0, 0.0))
@@ -227,7 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     print("bucket  " + "  ".join(f"{k:>6d}" for k in range(args.buckets)))
     for name in OPTIMIZERS:
         print(f"{name:<7} " + "  ".join(f"{final.get((name, k), math.nan):6.2f}" for k in range(args.buckets)))
-    print(f"wrote {args.out}/loss_by_frequency.csv, loss_by_frequency.png, loss_by_frequency_final.csv")
+    norms = {name: read_module_norms(args.out / "runs" / name) for name in OPTIMIZERS}
+    with open(args.out / "module_norms.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["optimizer", "step", "kind", "name", "value"])
+        writer.writeheader()
+        writer.writerows({"optimizer": name, **r} for name, rows_ in norms.items() for r in rows_)
+    plot_module_norms(norms, args.out / "module_norms.png")
+    print(f"wrote {args.out}/loss_by_frequency.csv, loss_by_frequency.png, loss_by_frequency_final.csv, "
+          f"module_norms.csv, module_norms.png")
 
 
 if __name__ == "__main__":
