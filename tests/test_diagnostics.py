@@ -176,3 +176,23 @@ def test_diagnostics_parts_switch_separately(make_cfg):
     assert isinstance(callback, Diagnostics) and not callback.module_norms and callback.n_buckets == 10
     with pytest.raises(ValueError, match="every_n_steps"):
         Diagnostics(0)
+
+
+def test_loss_by_frequency_script_reads_and_plots_module_norms(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "loss_by_frequency_script", Path(__file__).resolve().parents[1] / "scripts" / "loss_by_frequency.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = tmp_path / "runs" / "sgd" / "csv" / "version_0"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("step,act/block0.mlp,update/blocks.0.mlp.fc,train/loss\n"
+                                     "4,0.5,0.1,3.0\n9,0.25,,2.5\n9,,0.05,\n")
+    rows = script.read_module_norms(tmp_path / "runs" / "sgd")
+    assert rows == [{"step": 4, "kind": "act", "name": "block0.mlp", "value": 0.5},
+                    {"step": 4, "kind": "update", "name": "blocks.0.mlp.fc", "value": 0.1},
+                    {"step": 9, "kind": "act", "name": "block0.mlp", "value": 0.25},
+                    {"step": 9, "kind": "update", "name": "blocks.0.mlp.fc", "value": 0.05}]
+    script.plot_module_norms({"sgd": rows, "adamw": rows}, tmp_path / "module_norms.png")
+    assert (tmp_path / "module_norms.png").stat().st_size > 10_000
