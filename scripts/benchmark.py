@@ -58,7 +58,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from mugpt.model import GPT, GPTConfig  # noqa: E402
-from mugpt.optim import build_optimizer, build_scheduler, clip_grad_norm_  # noqa: E402
+from mugpt.optim import build_optimizer, build_scheduler, clip_gradients_  # noqa: E402
 from mugpt.parametrization import get_parametrization  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,6 +213,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Seconds for `steps` calls of `step`, device-synchronised at both ends."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def _status_kb(key: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -343,14 +353,8 @@ class RowRunner:
         self.last_loss = total / n
 
     def run(self, steps: int) -> float:
-        """Seconds for `steps` optimizer steps, device-synchronised at both ends."""
         self.activate()
-        sync(self.device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            self.step()
-        sync(self.device)
-        return time.perf_counter() - t0
+        return timed_steps(self.step, steps, self.device)
 
 
 class LocalRow:
@@ -579,19 +583,14 @@ class PlainLoop:
             _, loss = self.model(x, y)
         loss.backward()
         # what GPTLightningModule.configure_gradient_clipping does: the grad norm (logged there) and the clip
-        clip_grad_norm_([p.grad for p in self.model.parameters() if p.grad is not None], self.grad_clip)
+        clip_gradients_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.losses.append(loss.detach())
 
     def run(self, steps: int) -> float:
-        sync(self.device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            self.step()
-        sync(self.device)
-        return time.perf_counter() - t0
+        return timed_steps(self.step, steps, self.device)
 
 
 def _plain_arm(cfg: BenchConfig, parametrization_cfg: dict, ocfg: Any, loader: DataLoader, total_steps: int,

@@ -124,9 +124,8 @@ class DivergenceGuard(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self._pending.append((trainer.global_step, loss.detach()))
-        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
-        if _optimizer_step_ended(trainer, batch_idx) and (trainer.global_step % self.every == 0 or last):
-            self.check(trainer)
+        if _optimizer_step_ended(trainer, batch_idx) and trainer.global_step % self.every == 0:
+            self.check(trainer)  # the steps after the last full window are checked in on_train_end
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self.check(trainer)

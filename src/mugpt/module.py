@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric
 
 from mugpt.model import GPT, GPTConfig
-from mugpt.optim import build_optimizer, clip_grad_norm_, build_scheduler, lr_factor
+from mugpt.optim import build_optimizer, build_scheduler, clip_gradients_, lr_factor
 from mugpt.parametrization import get_parametrization
 
 
@@ -76,9 +76,9 @@ class GPTLightningModule(L.LightningModule):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
             scaler.unscale_(optimizer)  # Lightning unscales only non-fused optimizers before this hook
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:  # the norm before clipping: the number to watch when training becomes unstable
-            self.log("train/grad_norm", clip_grad_norm_(grads, self.optim_cfg.get("grad_clip")))
+        norm = clip_gradients_(self.model.parameters(), self.optim_cfg.get("grad_clip"))
+        if norm is not None:  # the norm before clipping: the number to watch when training becomes unstable
+            self.log("train/grad_norm", norm)
 
     # ----------------------------------------------------------- optimizer
     def _max_steps(self) -> int:

@@ -280,13 +280,15 @@ OPTIMIZERS: dict[str, Callable[[list[dict], Any, bool], Optimizer]] = {
 }
 
 
-def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float | None) -> torch.Tensor:
-    """The global L2 norm of `grads` (returned, before clipping); with max_norm, scales them in place so the
-    norm is at most max_norm. No host sync: the scale is computed on the device."""
-    norm = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+def clip_gradients_(parameters, max_norm: float | None) -> torch.Tensor | None:
+    """The global L2 norm of the parameters' gradients before clipping (None when there are none); with
+    max_norm, torch's clip_grad_norm_ scales them in place to at most max_norm. Neither reads back to the host."""
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
+        return None
     if max_norm:
-        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0).to(grads[0].dtype))
-    return norm
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm([p.grad for p in params])]))
 
 
 def check_optimizer(cfg: Any, on_cuda: bool = False) -> None:
