@@ -35,7 +35,8 @@ class Throughput(L.Callback):
     window's edges: a sync every step would stall the GPU while the CPU launches the next step's kernels."""
 
     def __init__(self, tokens_per_step: int, flops_per_token: float, window: int | None = None) -> None:
-        self.tokens_per_step = tokens_per_step
+        self.tokens_per_step = tokens_per_step  # on one process; the logged figures are for all of them
+        self.processes = 1
         self.flops_per_token = flops_per_token
         self.window = window
         self.peak: float | None = None
@@ -45,6 +46,7 @@ class Throughput(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.peak = device_peak_flops(pl_module.device)
+        self.processes = trainer.world_size
         self.window = self.window or max(1, trainer.log_every_n_steps)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -60,7 +62,7 @@ class Throughput(L.Callback):
             tps, dt = self._close_window(pl_module)
             metrics = {"perf/tokens_per_sec": tps, "perf/step_ms": 1000 * dt}
             if self.peak:
-                metrics["perf/mfu"] = tps * self.flops_per_token / self.peak
+                metrics["perf/mfu"] = tps * self.flops_per_token / (self.peak * self.processes)
             pl_module.log_dict(metrics)
 
     def _close_window(self, pl_module: L.LightningModule) -> tuple[float, float]:
@@ -68,8 +70,9 @@ class Throughput(L.Callback):
         self._sync(pl_module)
         seconds = time.perf_counter() - self._t0
         steps, self._t0, self._steps = self._steps, None, 0
-        self.windows.append((steps * self.tokens_per_step, seconds))
-        return steps * self.tokens_per_step / seconds, seconds / steps
+        tokens = steps * self.tokens_per_step * self.processes
+        self.windows.append((tokens, seconds))
+        return tokens / seconds, seconds / steps
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if self._t0 is not None and self._steps:

@@ -237,28 +237,35 @@ class TokenCache:
 
 # -------------------------------------------------------------------------------------- datasets
 class RandomWindows(Dataset):
-    """Item j is a random window of block_size+1 tokens, chosen by (seed, start + j) alone: runs are
-    reproducible, and a resumed run continues the same stream by setting `start`."""
+    """Item j is a random window of block_size+1 tokens, chosen by (seed, stream position) alone: runs are
+    reproducible, and a resumed run continues the same stream by setting `start`.
 
-    def __init__(self, tokens: np.ndarray, block_size: int, length: int, seed: int, start: int = 0) -> None:
+    Under data parallelism process `rank` of `processes` reads positions start + rank, start + rank +
+    processes, ...: a global batch of processes × B sequences is then exactly the batch one process would
+    read with batch size processes × B, so a run's data does not depend on how many processes share it."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, length: int, seed: int, start: int = 0,
+                 rank: int = 0, processes: int = 1) -> None:
         self.tokens, self.block_size, self.length, self.seed, self.start = tokens, block_size, length, seed, start
+        self.rank, self.processes = rank, processes
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.processes
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.start + j])
+        rng = np.random.default_rng([self.seed, self.start + j * self.processes + self.rank])
         i = int(rng.integers(0, len(self.tokens) - self.block_size - 1 + 1))
         return _window(self.tokens, i, self.block_size)
 
 
 class FixedWindows(Dataset):
-    """Evenly spaced windows over the validation split: the same tokens at every evaluation."""
+    """Evenly spaced windows over the validation split: the same tokens at every evaluation. Process `rank`
+    of `processes` takes every processes-th window, so together they evaluate the whole set once."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, count: int) -> None:
+    def __init__(self, tokens: np.ndarray, block_size: int, count: int, rank: int = 0, processes: int = 1) -> None:
         self.tokens, self.block_size = tokens, block_size
         last = len(tokens) - block_size - 1
-        self.starts = np.linspace(0, last, num=count).astype(np.int64)
+        self.starts = np.linspace(0, last, num=count).astype(np.int64)[rank::processes]
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -392,15 +399,26 @@ class TextDataModule(L.LightningDataModule):
                                  f"({len(tokens)} tokens) of {self.source} data; lower model.block_size")
 
     # ----------------------------------------------------------- dataloaders
+    def _shard(self) -> dict:
+        """This process's place among the data-parallel processes. The DataModule shards the data itself
+        (the trainer runs with use_distributed_sampler=False): Lightning's DistributedSampler would reshuffle
+        the stream, and each process would then read other windows than a single process does."""
+        trainer = self.trainer
+        return {"rank": trainer.global_rank, "processes": trainer.world_size} if trainer else {}
+
     def train_dataloader(self) -> DataLoader:
-        ds = RandomWindows(self.train_tokens, self.block_size, self.train_samples, self.seed, self.start_sample)
+        ds = RandomWindows(self.train_tokens, self.block_size, self.train_samples, self.seed, self.start_sample,
+                           **self._shard())
         # pinned host memory lets the copy to a GPU run asynchronously instead of stalling the step
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=True,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
-        ds = FixedWindows(self.val_tokens, self.block_size, self.val_batches * self.batch_size)
+        # val_batches global batches: the validation set a single process with the same global batch evaluates
+        shard = self._shard()
+        count = self.val_batches * self.batch_size * shard.get("processes", 1)
+        ds = FixedWindows(self.val_tokens, self.block_size, count, **shard)
         return DataLoader(ds, batch_size=self.batch_size, shuffle=False, drop_last=True, num_workers=0)
 
     # --------------------------------------------------------------- resume
@@ -409,7 +427,9 @@ class TextDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None:
             return {"samples_seen": self.start_sample}
-        return {"samples_seen": trainer.global_step * self.batch_size * trainer.accumulate_grad_batches}
+        # positions in the stream, all processes together
+        return {"samples_seen": trainer.global_step * self.batch_size * trainer.accumulate_grad_batches
+                * trainer.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         self.start_sample = int(state.get("samples_seen", 0))

@@ -76,7 +76,12 @@ class GPTLightningModule(L.LightningModule):
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
             scaler.unscale_(optimizer)  # Lightning unscales only non-fused optimizers before this hook
-        norm = clip_gradients_(self.model.parameters(), self.optim_cfg.get("grad_clip"))
+        max_norm = self.optim_cfg.get("grad_clip")
+        sharded = getattr(self.trainer.strategy.model, "clip_grad_norm_", None)  # FSDP's root module
+        if sharded is not None and max_norm:
+            norm = sharded(max_norm)  # each rank holds a shard of the gradients: the norm is over all of them
+        else:
+            norm = clip_gradients_(self.model.parameters(), max_norm)
         if norm is not None:  # the norm before clipping: the number to watch when training becomes unstable
             self.log("train/grad_norm", norm)
 

@@ -31,28 +31,43 @@ class StandardParametrization:
         pass
 
     def build_model(self, config: GPTConfig) -> GPT:
-        return GPT(config)
+        return record_shapes(GPT(config))
 
     def param_groups(self, model: GPT, lr: float, weight_decay: float, optimizer: str = "adamw") -> list[dict]:
         """Decay only matrices and embeddings (≥2-D); biases and LayerNorm gains are left alone. Groups carry
         their parameters' names (Muon uses them to tell hidden matrices from embeddings and the head)."""
         decay = {"name": "decay", "params": [], "param_names": [], "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay}
         no_decay = {"name": "no_decay", "params": [], "param_names": [], "lr": lr, "lr_mult": 1.0, "weight_decay": 0.0}
-        for name, p in _named_unique_parameters(model):
-            group = decay if p.dim() >= 2 else no_decay
+        for name, p, ndim in _named_unique_parameters(model):
+            group = decay if ndim >= 2 else no_decay
             group["params"].append(p)
             group["param_names"].append(name)
         return [decay, no_decay]
 
 
-def _named_unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """named_parameters() already skips the tied head's second name; this keeps that explicit."""
+# Wrappers that insert themselves into parameter names: FSDP's units, checkpoint wrappers, torch.compile.
+_WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def record_shapes(model: GPT) -> GPT:
+    """Keep each parameter's shape, by name, on the model. Under FSDP the optimizer is built after sharding,
+    when parameters are flat 1-D pieces of their matrices: grouping then reads these shapes instead."""
+    model.param_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    return model
+
+
+def _named_unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, int]]:
+    """(name, parameter, its number of dimensions) for each trainable parameter once (the tied head shares
+    the embedding). Names are the model's own, without wrapper segments; dimensions are as built."""
+    shapes = getattr(model, "param_shapes", {})
     seen: set[int] = set()
     out = []
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))
-            out.append((name, p))
+            for segment in _WRAPPER_SEGMENTS:
+                name = name.replace(segment, "")
+            out.append((name, p, len(shapes[name]) if name in shapes else p.dim()))
     return out
 
 
@@ -139,12 +154,13 @@ class MaximalUpdateParametrization:
             base = self._assemble(self._with_multipliers(config, self.base_width))
             delta = self._assemble(self._with_multipliers(config, 2 * self.base_width))
         set_base_shapes(model, base, delta=delta, rescale_params=False)
-        # Kept on the module as a plain dict too: tensor attributes like p.infshape do not survive deepcopy.
+        # Kept on the module as a plain dict too: tensor attributes like p.infshape survive neither deepcopy nor
+        # FSDP's flattening, and the learning-rate rule needs them after both.
         model.infshapes = {name: p.infshape for name, p in model.named_parameters()}
         model.lm_head.width_mult()  # cache the readout's multiplier while infshape is there
         torch.random.set_rng_state(rng)  # the random numbers SP would draw: at m = 1 the same model
         self.init_weights(model)
-        return model
+        return record_shapes(model)
 
     @torch.no_grad()
     def init_weights(self, model: GPT) -> None:
@@ -183,10 +199,10 @@ class MaximalUpdateParametrization:
         """One group per (µP multiplier, decay or not). Weight decay is scaled inversely to the learning rate,
         so each step shrinks a weight by the same fraction lr·wd at every width: the donor's decay transfers."""
         groups: dict[tuple[float, bool], dict] = {}
-        for name, p in _named_unique_parameters(model):
+        for name, p, ndim in _named_unique_parameters(model):
             shape = model.infshapes[name]
             mult = self.lr_multiplier(shape, optimizer)
-            decay = p.dim() >= 2
+            decay = ndim >= 2
             key = (mult, decay)
             if key not in groups:
                 kind = "hidden" if shape.ninf() == 2 else "vector"

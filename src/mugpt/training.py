@@ -21,12 +21,14 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughput
 from mugpt.checkpointing import (CHECKPOINT_DIR, LAST, AtomicCheckpointIO, PreemptionCheckpoint, RunCheckpoint,
                                  check_compatible, find_resume_checkpoint)
 from mugpt.diagnostics import build_diagnostics
+from mugpt.distributed import build_strategy, check_strategy, single_job_command, world_size
 from mugpt.module import GPTLightningModule, perplexity
 from mugpt.optim import check_optimizer, check_schedule
 
@@ -181,15 +183,17 @@ def build_datamodule(cfg: DictConfig):
     return cls(**kwargs, block_size=cfg.model.block_size)
 
 
-def accumulation_steps(cfg: DictConfig) -> int:
-    """Micro-batches per optimizer step: from grad_accum.batch_tokens when set, else the trainer's own."""
+def accumulation_steps(cfg: DictConfig, processes: int = 1) -> int:
+    """Micro-batches per optimizer step: from grad_accum.batch_tokens (the global batch, over all processes)
+    when set, else the trainer's own."""
     batch_tokens = cfg.grad_accum.get("batch_tokens")
     if not batch_tokens:
         return int(cfg.trainer.get("accumulate_grad_batches") or 1)
-    micro = cfg.data.batch_size * cfg.model.block_size
+    micro = cfg.data.batch_size * cfg.model.block_size * processes
     if batch_tokens <= 0 or batch_tokens % micro:
-        raise ValueError(f"grad_accum.batch_tokens={batch_tokens} is not a positive multiple of the micro-batch "
-                         f"data.batch_size*model.block_size = {cfg.data.batch_size}*{cfg.model.block_size} = {micro}")
+        raise ValueError(f"grad_accum.batch_tokens={batch_tokens} is not a positive multiple of one micro-batch on "
+                         f"every process, data.batch_size*model.block_size*processes = {cfg.data.batch_size}*"
+                         f"{cfg.model.block_size}*{processes} = {micro}")
     return batch_tokens // micro
 
 
@@ -212,6 +216,9 @@ def train(cfg: DictConfig) -> dict:
     }
     logger = None
     started = time.time()
+    # Under DDP/FSDP every rank runs this function; only global rank 0 writes files. The rank is known from
+    # the launcher's environment now and from the Trainer once it exists.
+    is_main = rank_zero_only.rank == 0
     try:
         # ---- everything that can reject the config, before any training
         precision = str(cfg.precision.lightning)
@@ -220,7 +227,9 @@ def train(cfg: DictConfig) -> dict:
         on_cuda = torch.cuda.is_available() and cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
         check_optimizer(cfg.optim, on_cuda)
         check_loggers(cfg)
-        accumulate = accumulation_steps(cfg)
+        check_strategy(cfg)
+        processes = world_size(cfg.trainer)
+        accumulate = accumulation_steps(cfg, processes)
         if cfg.trainer.get("gradient_clip_val"):
             raise ValueError("trainer.gradient_clip_val: set optim.grad_clip instead (the module clips, fused-safe)")
         resume_from = find_resume_checkpoint(cfg.get("resume"), output_dir, *hydra_overrides_and_root(output_dir))
@@ -230,7 +239,8 @@ def train(cfg: DictConfig) -> dict:
             summary["output_dir"] = str(output_dir)
         torch.set_float32_matmul_precision(cfg.precision.matmul)
         L.seed_everything(cfg.seed, workers=True)
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        if is_main:
+            OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
         if cfg.compile.mode:
             torch._dynamo.reset()  # a multirun job must not inherit the previous job's compile caches
@@ -249,9 +259,9 @@ def train(cfg: DictConfig) -> dict:
         tokens_per_step = cfg.data.batch_size * cfg.model.block_size * accumulate
         throughput = Throughput(tokens_per_step, module.model.flops_per_token())
         guard = DivergenceGuard(cfg.max_loss)
-        logger = build_logger(cfg, output_dir)
         trainer_kwargs = dict(OmegaConf.to_container(cfg.trainer, resolve=True))
         trainer_kwargs.pop("_target_", None)
+        trainer_kwargs["strategy"] = build_strategy(cfg.trainer.get("strategy", "auto"))
         trainer_kwargs["accumulate_grad_batches"] = accumulate
         trainer_kwargs["val_check_interval"] = min(cfg.eval_every, cfg.trainer.max_steps) * accumulate
         ckpt_every = int(cfg.checkpoint.every_n_steps)
@@ -268,21 +278,29 @@ def train(cfg: DictConfig) -> dict:
             callbacks.append(RunCheckpoint(ckpt_dir, ckpt_every))
         trainer_kwargs["enable_checkpointing"] = checkpointing
         trainer = L.Trainer(
-            **trainer_kwargs, precision=precision, logger=logger, callbacks=callbacks,
+            **trainer_kwargs, precision=precision, logger=False, callbacks=callbacks,
             default_root_dir=str(output_dir), plugins=[AtomicCheckpointIO()],
         )
+        is_main = trainer.is_global_zero
+        if trainer.world_size != processes:  # accumulation was derived from `processes`: it must be exact
+            raise ValueError(f"trainer.devices={cfg.trainer.devices!r}, trainer.num_nodes={cfg.trainer.num_nodes}: "
+                             f"expected {processes} processes, Lightning runs {trainer.world_size}")
+        if is_main:  # the other ranks log nothing themselves; metrics are reduced onto rank 0
+            logger = build_logger(cfg, output_dir)
+            trainer.loggers = logger or []
 
         # ---- train
         if resume_from is not None:
             log.info("resuming from %s", resume_from[0])
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
-        if checkpointing and guard.diverged_at is None and preemption.preempted_at is None:
-            trainer.save_checkpoint(ckpt_dir / LAST)  # the end of training, whatever the step interval
-        stopped_early = guard.diverged_at is not None or preemption.preempted_at is not None
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # validate() resets them
-        if not stopped_early and module.last_val_step != trainer.global_step and not trainer.fast_dev_run:
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        with single_job_command(trainer, output_dir):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
+            if checkpointing and guard.diverged_at is None and preemption.preempted_at is None:
+                trainer.save_checkpoint(ckpt_dir / LAST)  # the end of training, whatever the step interval
+            stopped_early = guard.diverged_at is not None or preemption.preempted_at is not None
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # validate() resets them
+            if not stopped_early and module.last_val_step != trainer.global_step and not trainer.fast_dev_run:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+                metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         val_loss = metrics.get("val/loss", float("nan"))
         summary.update({
             "status": ("diverged" if guard.diverged_at is not None else
@@ -291,7 +309,8 @@ def train(cfg: DictConfig) -> dict:
             "val_loss": val_loss,
             "val_ppl": perplexity(val_loss) if math.isfinite(val_loss) else float("nan"),
             "steps": trainer.global_step,
-            "tokens": trainer.global_step * tokens_per_step,
+            "tokens": trainer.global_step * tokens_per_step * processes,
+            "processes": processes,
             "tokens_per_sec": throughput.tokens_per_sec,
             "params": n_params,
             "accumulate_grad_batches": accumulate,
@@ -311,7 +330,8 @@ def train(cfg: DictConfig) -> dict:
         raise
     finally:
         summary["wall_seconds"] = round(time.time() - started, 2)
-        write_summary(output_dir, summary)
+        if is_main:
+            write_summary(output_dir, summary)
         if logger and any(type(one).__name__ == "WandbLogger" for one in logger):
             import wandb
 
