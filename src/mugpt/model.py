@@ -6,6 +6,7 @@ scale, embedding multiplier, a swappable readout) and `mugpt.parametrization` tu
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Literal, Mapping
@@ -13,7 +14,13 @@ from typing import Callable, Literal, Mapping
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
+
+
+# Kernels behind F.scaled_dot_product_attention that a config can pin (GPU benchmarks compare them).
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                 "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
 @dataclass
@@ -33,6 +40,7 @@ class GPTConfig:
     attn_scale: float | None = None  # attention logit scale; None means 1/sqrt(head_size) (SP)
     embed_mult: float = 1.0  # forward multiplier on the embedding output (µP's input multiplier)
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
+    attention_backend: str = "auto"  # auto: PyTorch picks the SDPA kernel; flash | cudnn | efficient | math pin one
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "width", "n_layer", "n_head", "mlp_ratio", "pad_vocab_multiple"):
@@ -45,6 +53,9 @@ class GPTConfig:
             raise ValueError(f"model.norm must be 'pre' or 'post', got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.attention_backend != "auto" and self.attention_backend not in SDPA_BACKENDS:
+            raise ValueError(f"model.attention_backend must be auto or one of {', '.join(SDPA_BACKENDS)}, "
+                             f"got {self.attention_backend!r}")
 
     @property
     def head_size(self) -> int:
@@ -73,14 +84,16 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.attn_dropout = config.dropout
         self.scale = config.attn_scale if config.attn_scale is not None else 1.0 / math.sqrt(self.head_size)
+        self.backend = SDPA_BACKENDS.get(config.attention_backend)  # None: PyTorch's own choice
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=self.scale, dropout_p=self.attn_dropout if self.training else 0.0
-        )
+        with sdpa_kernel([self.backend]) if self.backend is not None else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=self.scale, dropout_p=self.attn_dropout if self.training else 0.0
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
 
@@ -176,7 +189,7 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
