@@ -1,6 +1,7 @@
 """Train a GPT-2 (SP or µP) with the config in conf/: `python src/train.py [overrides]`, `-m` for sweeps."""
 
 import logging
+import math
 import sys
 
 from mugpt.runtime import reexec_with_heap_reuse
@@ -44,7 +45,12 @@ def main(cfg: DictConfig) -> float | None:
         # a preemption signal is meant for the whole process: stop the sweep instead of starting the next job
         log.warning("preempted: the sweep stops after job %s; relaunch it with resume=auto", HydraConfig.get().job.num)
         raise SystemExit(0)
-    return summary["val_loss"]  # the objective for Hydra sweepers such as Optuna
+    # The objective for Hydra sweepers such as Optuna. A diverged run ranks last (its val_loss is NaN, or was
+    # measured on diverging weights); a missing or non-finite loss is no result (Optuna records a failed trial).
+    if summary["status"] == "diverged":
+        return float("inf")
+    val_loss = summary["val_loss"]
+    return val_loss if val_loss is not None and math.isfinite(val_loss) else None
 
 
 if __name__ == "__main__":
