@@ -110,7 +110,20 @@ def test_mup_adam_learning_rates_per_group():
             assert g["lr"] * g["weight_decay"] == pytest.approx(1e-3), name
         else:
             assert g["weight_decay"] == 0.0, name
-    assert {g["name"] for g in groups} == {"hidden_x0.25", "vector_x1", "vector_no_decay_x1"}
+    assert {g["name"] for g in groups} == {"hidden_x0.25", "embedding_x1", "vector_no_decay_x1"}
+
+
+def test_embedding_lr_mult_scales_the_tables_only():
+    """A donor-tuned factor on the embedding tables' lr (the tied readout is the token table); the rest keeps
+    µP's rule, and decay still shrinks the tables by lr·wd per step."""
+    model = mup(embedding_lr_mult=0.5).build_model(config(4 * BASE))
+    groups = mup(embedding_lr_mult=0.5).param_groups(model, lr=1e-2, weight_decay=0.1)
+    lrs = {name: (g["lr"], g["weight_decay"]) for g in groups for name in g["param_names"]}
+    assert lrs["tok_emb.weight"] == lrs["pos_emb.weight"] == (pytest.approx(5e-3), pytest.approx(0.2))
+    assert lrs["blocks.0.attn.qkv.weight"] == (pytest.approx(2.5e-3), pytest.approx(0.4))
+    assert lrs["blocks.0.ln_1.weight"] == (pytest.approx(1e-2), 0.0)
+    with pytest.raises(ValueError, match="parametrization.embedding_lr_mult must be positive"):
+        mup(embedding_lr_mult=0.0)
 
 
 def test_mup_sgd_learning_rates_follow_mup_rules():

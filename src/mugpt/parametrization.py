@@ -98,6 +98,9 @@ class SharedReadout(_CachedWidthMult, MuSharedReadout):
     """µP readout tied to the token embedding."""
 
 
+EMBEDDING_TABLES = {"tok_emb.weight", "pos_emb.weight"}  # the input weights (the tied readout is tok_emb)
+
+
 class MaximalUpdateParametrization:
     """µP through Microsoft's `mup` package, with its known gaps closed here.
 
@@ -107,15 +110,19 @@ class MaximalUpdateParametrization:
     input_mult, output_mult: forward multipliers on the embedding output and on the logits (tunable).
     readout_zero_init: zero the untied readout (mup's suggestion); the tied readout is the embedding.
     query_zero_init: zero the query projection, so attention starts uniform at every width.
+    embedding_lr_mult: a factor on the learning rate of the token and position tables (and of the readout
+        tied to the token table), tuned on the donor like the global learning rate; µP keeps it at every width.
     """
 
     name = "mup"
 
     def __init__(self, base_width: int = 256, attn_alpha: float | None = None, input_mult: float = 1.0,
-                 output_mult: float = 1.0, readout_zero_init: bool = False, query_zero_init: bool = False) -> None:
+                 output_mult: float = 1.0, readout_zero_init: bool = False, query_zero_init: bool = False,
+                 embedding_lr_mult: float = 1.0) -> None:
         if not isinstance(base_width, int) or base_width <= 0:
             raise ValueError(f"parametrization.base_width must be a positive integer, got {base_width!r}")
-        for key, value in (("input_mult", input_mult), ("output_mult", output_mult)):
+        for key, value in (("input_mult", input_mult), ("output_mult", output_mult),
+                           ("embedding_lr_mult", embedding_lr_mult)):
             if value <= 0:
                 raise ValueError(f"parametrization.{key} must be positive, got {value}")
         self.base_width = base_width
@@ -124,6 +131,7 @@ class MaximalUpdateParametrization:
         self.output_mult = output_mult
         self.readout_zero_init = readout_zero_init
         self.query_zero_init = query_zero_init
+        self.embedding_lr_mult = embedding_lr_mult
 
     # ---------------------------------------------------------------- build
     def _with_multipliers(self, config: GPTConfig, width: int) -> GPTConfig:
@@ -198,14 +206,17 @@ class MaximalUpdateParametrization:
     def param_groups(self, model: GPT, lr: float, weight_decay: float, optimizer: str = "adamw") -> list[dict]:
         """One group per (µP multiplier, decay or not). Weight decay is scaled inversely to the learning rate,
         so each step shrinks a weight by the same fraction lr·wd at every width: the donor's decay transfers."""
-        groups: dict[tuple[float, bool], dict] = {}
+        groups: dict[tuple[float, bool, bool], dict] = {}
         for name, p, ndim in _named_unique_parameters(model):
             shape = model.infshapes[name]
             mult = self.lr_multiplier(shape, optimizer)
+            embedding = name in EMBEDDING_TABLES
+            if embedding:
+                mult *= self.embedding_lr_mult
             decay = ndim >= 2
-            key = (mult, decay)
+            key = (mult, decay, embedding)
             if key not in groups:
-                kind = "hidden" if shape.ninf() == 2 else "vector"
+                kind = "embedding" if embedding else "hidden" if shape.ninf() == 2 else "vector"
                 groups[key] = {"name": f"{kind}{'' if decay else '_no_decay'}_x{mult:g}", "params": [],
                                "param_names": [], "lr": lr * mult, "lr_mult": mult,
                                "weight_decay": weight_decay / mult if decay else 0.0}
