@@ -103,8 +103,9 @@ def test_optuna_mup_searches_the_learning_rate_and_mup_multipliers(compose_with_
         "optim.lr": LogUniformDistribution(1e-4, 1e-1),
         "parametrization.output_mult": LogUniformDistribution(0.125, 8.0),
         "parametrization.input_mult": LogUniformDistribution(0.125, 8.0),
+        "parametrization.embedding_lr_mult": LogUniformDistribution(0.125, 8.0),
     }
-    assert [OmegaConf.select(cfg, key) for key in sweeper.params] == [3e-3, 1.0, 1.0]  # the defaults it replaces
+    assert [OmegaConf.select(cfg, key) for key in sweeper.params] == [3e-3, 1.0, 1.0, 1.0]  # the defaults it replaces
 
 
 def test_the_seeded_sampler_gives_way_to_other_samplers(compose_with_hydra):
