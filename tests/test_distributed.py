@@ -16,7 +16,7 @@ from mugpt.model import Block, GPTConfig
 from mugpt.parametrization import get_parametrization
 from mugpt.training import accumulation_steps, train
 
-from test_training import _run_cli
+from conftest import run_train_cli
 
 BASE = 64
 
@@ -171,9 +171,9 @@ def test_lightning_ddp_two_cpu_processes_match_one_process(tmp_path, cache_dir):
     """`trainer=ddp trainer.accelerator=cpu trainer.devices=2` with 4 sequences per process trains exactly the
     run of one process with 8: same data, same µP steps, same validation loss (float tolerance)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    proc = _run_cli([*DDP_RUN, "data.batch_size=8", f"hydra.run.dir={one}"], tmp_path, cache_dir)
+    proc = run_train_cli([*DDP_RUN, "data.batch_size=8", f"hydra.run.dir={one}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = _run_cli([*DDP_RUN, "data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+    proc = run_train_cli([*DDP_RUN, "data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                      f"hydra.run.dir={two}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single, ddp = (json.loads((d / "summary.json").read_text()) for d in (one, two))
@@ -189,7 +189,7 @@ def test_multirun_of_ddp_jobs_runs_each_job_once(tmp_path, cache_dir):
     Each job's second rank must run that job only, in that job's directory, and the next job must start
     its own processes."""
     sweep = tmp_path / "sweep"
-    proc = _run_cli(["-m", *DDP_RUN, "trainer.max_steps=4", "eval_every=4", "data.batch_size=4", "trainer=ddp",
+    proc = run_train_cli(["-m", *DDP_RUN, "trainer.max_steps=4", "eval_every=4", "data.batch_size=4", "trainer=ddp",
                      "trainer.accelerator=cpu", "trainer.devices=2", "optim.lr=0.01,0.02", f"hydra.sweep.dir={sweep}"],
                     tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -5,8 +5,6 @@ script it would submit; submitit's local executor runs real jobs."""
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import mugpt.training  # noqa: F401  (registers the ${pow2:...} resolver the mutransfer_lr experiment uses)
-from conftest import CONF_DIR
+from conftest import CONF_DIR, run_train_cli
 from mugpt.mutransfer import read_summaries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +55,6 @@ def search_space(sweeper: DictConfig) -> dict:
     distributions, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
     assert fixed == {}
     return distributions
-
-
-def train_cli(args: list[str], cwd: Path, cache: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUGPT_CACHE": str(cache), "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 # ---- composition
@@ -176,7 +168,7 @@ def test_optuna_donor_search_of_three_trials(tmp_path, cache_dir):
 
     sweep = tmp_path / "sweep"
     study_db = tmp_path / "study.db"
-    proc = train_cli(["-m", "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=3", "+experiment=mutransfer_lr",
+    proc = run_train_cli(["-m", "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=3", "+experiment=mutransfer_lr",
                       "parametrization=mup", *TINY_RUN, f"hydra.sweep.dir={sweep}",
                       f"hydra.sweeper.storage=sqlite:///{study_db}", "hydra.sweeper.study_name=donor"],
                      tmp_path, cache_dir)
@@ -210,7 +202,7 @@ def test_a_failed_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, cach
     study_db = tmp_path / "study.db"
     # two learning rates, one of which the config checks reject before training; the seeded sampler draws the
     # failing one first (a grid is no use here: hydra-optuna-sweeper crashes when a grid ends on a failed trial)
-    proc = train_cli(["-m", "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=2", "optim.lr=choice(0.01,-1.0)",
+    proc = run_train_cli(["-m", "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=2", "optim.lr=choice(0.01,-1.0)",
                       "model=tiny", "data.tokenizer=byte", *TINY_RUN, f"hydra.sweep.dir={sweep}",
                       f"hydra.sweeper.storage=sqlite:///{study_db}", "hydra.sweeper.study_name=failing"],
                      tmp_path, cache_dir)
@@ -230,7 +222,7 @@ def test_a_diverged_trial_does_not_stop_the_search(tmp_path, cache_dir):
     needs_optuna()
     sweep = tmp_path / "sweep"
     # grid over two learning rates, one of which turns the weights to NaN in two steps
-    proc = train_cli(["-m", "hydra/sweeper=optuna_lr", "hydra/sweeper/sampler=grid", "optim.lr=choice(0.01,1e8)",
+    proc = run_train_cli(["-m", "hydra/sweeper=optuna_lr", "hydra/sweeper/sampler=grid", "optim.lr=choice(0.01,1e8)",
                       "model=tiny", "data.tokenizer=byte", *TINY_RUN, "trainer.max_steps=4", "eval_every=4",
                       "trainer.log_every_n_steps=1", f"hydra.sweep.dir={sweep}"], tmp_path, cache_dir)
     summaries = {s["lr"]: s for s in (json.loads(p.read_text()) for p in sweep.glob("*/summary.json"))}
@@ -246,7 +238,7 @@ def test_optuna_batches_run_as_submitit_local_jobs(tmp_path, cache_dir):
     needs_optuna()
     needs_submitit()
     sweep = tmp_path / "sweep"
-    proc = train_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
+    proc = run_train_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
                       "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
                       "model=tiny", "data.tokenizer=byte", *TINY_RUN, f"hydra.sweep.dir={sweep}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]

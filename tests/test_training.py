@@ -2,14 +2,12 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import run_train_cli
 from mugpt.module import GPTLightningModule
 from mugpt.training import build_datamodule, train
 
@@ -111,16 +109,10 @@ def test_empty_corpus_is_rejected(make_cfg, tmp_path):
         train(cfg)
 
 
-def _run_cli(args: list[str], cwd: Path, cache: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUGPT_CACHE": str(cache), "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
 def test_cli_run_from_the_issue(tmp_path, cache_dir):
     """`python src/train.py trainer.max_steps=30 model.width=64 model.n_layer=2 model.n_head=2 logger=none hydra.run.dir=DIR`"""
     out = tmp_path / "run"
-    proc = _run_cli(["trainer.max_steps=30", "model.width=64", "model.n_layer=2", "model.n_head=2", "model.block_size=64",
+    proc = run_train_cli(["trainer.max_steps=30", "model.width=64", "model.n_layer=2", "model.n_head=2", "model.block_size=64",
                      "logger=none", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false", "precision=32"],
                     tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -132,7 +124,7 @@ def test_cli_run_from_the_issue(tmp_path, cache_dir):
 def test_multirun_gives_one_run_per_width(tmp_path, cache_dir):
     """The mission's sweep: one output directory, one summary.json and one W&B run per width."""
     sweep = tmp_path / "sweep"
-    proc = _run_cli(["-m", "model.width=32,64", "optim=adamw", "model=tiny", "data.tokenizer=byte",
+    proc = run_train_cli(["-m", "model.width=32,64", "optim=adamw", "model=tiny", "data.tokenizer=byte",
                      "trainer.max_steps=3", "eval_every=3", "optim.warmup_steps=1", "data.val_batches=1",
                      f"hydra.sweep.dir={sweep}", "trainer.enable_progress_bar=false", "logger=wandb"],
                     tmp_path, cache_dir)
