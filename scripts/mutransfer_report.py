@@ -16,10 +16,13 @@ def main(argv=None) -> int:
     parser.add_argument("sweep_dir", help="a Hydra multirun directory (or any folder of runs with summary.json)")
     parser.add_argument("--out", default=None, help="where to write the report (default: SWEEP_DIR)")
     parser.add_argument("--title", default="", help="figure title")
+    parser.add_argument("--keys", default="", help="config keys to add as CSV columns, comma-separated "
+                        "(e.g. model.init_std,parametrization.output_mult)")
     parser.add_argument("--wandb", action="store_true", help="also log the figure and tables to W&B (offline without a key)")
     args = parser.parse_args(argv)
     try:
-        result = report(args.sweep_dir, args.out, title=args.title)
+        keys = [k.strip() for k in args.keys.split(",") if k.strip()]
+        result = report(args.sweep_dir, args.out, title=args.title, keys=keys)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -76,6 +76,16 @@ def test_pipeline_transfers_the_donors_best_and_skips_diverged_donors(tmp_path):
     with pytest.raises(ValueError, match="donor_width=128 must be narrower"):
         run_pipeline(OmegaConf.merge(cfg, {"donor_width": 128}), fake_run)
 
+    # µP's own options are searched for µP alone: 3 lrs × 2 output multipliers for µP, 3 lrs for SP
+    calls.clear()
+    own = {"search_by_parametrization": {"mup": {"parametrization.output_mult": [1, 2]}}}
+    result = run_pipeline(OmegaConf.merge(cfg, own), fake_run)
+    donor_calls = [c for c in calls if "model.width=32" in c]
+    assert sum("parametrization=mup" in c for c in donor_calls) == 6
+    assert not any("parametrization=sp" in c and any(o.startswith("parametrization.output_mult") for o in c)
+                   for c in calls)
+    assert result["parametrizations"]["mup"]["donor_best"] == ["lr_log2=-7", "parametrization.output_mult=1"]
+
 
 def test_miniature_sweep_through_the_report(tmp_path, cache_dir):
     """Real runs (two widths, two learning rates, one absurd one that must diverge) → CSV, PNG, analysis."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -20,12 +21,15 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
+log = logging.getLogger(__name__)
+
 CSV_COLUMNS = ("parametrization", "width", "lr", "seed", "val_loss", "status", "output_dir")
 PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)"}
 
 
-def read_summaries(sweep_dir: str | Path) -> list[dict]:
-    """One row per job under sweep_dir (any depth) that left a summary.json."""
+def read_summaries(sweep_dir: str | Path, keys: Sequence[str] = ()) -> list[dict]:
+    """One row per job under sweep_dir (any depth) that left a summary.json; `keys` (dotted config keys, e.g.
+    model.init_std) are added as columns from the job's config.yaml."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep directory not found: {sweep_dir}")
@@ -35,22 +39,28 @@ def read_summaries(sweep_dir: str | Path) -> list[dict]:
         if s.get("lr") is None or s.get("width") is None:
             continue
         loss = s.get("val_loss")
-        rows.append({"parametrization": s.get("parametrization", "?"), "width": int(s["width"]),
-                     "lr": float(s["lr"]), "seed": int(s.get("seed", 0)),
-                     "val_loss": float(loss) if loss is not None else math.nan,
-                     "status": s.get("status", "failed"), "output_dir": str(path.parent)})
+        row = {"parametrization": s.get("parametrization", "?"), "width": int(s["width"]),
+               "lr": float(s["lr"]), "seed": int(s.get("seed", 0)),
+               "val_loss": float(loss) if loss is not None else math.nan,
+               "status": s.get("status", "failed"), "output_dir": str(path.parent)}
+        if keys:
+            config = OmegaConf.load(path.parent / "config.yaml") if (path.parent / "config.yaml").is_file() else {}
+            row.update({key: OmegaConf.select(config, key) if config else None for key in keys})
+        rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no summary.json with an lr and a width under {sweep_dir}")
     return rows
 
 
-def write_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
+def write_csv(rows: Iterable[Mapping[str, Any]], path: Path, keys: Sequence[str] = ()) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    columns = [*CSV_COLUMNS[:4], *keys, *CSV_COLUMNS[4:]]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        for r in sorted(rows, key=lambda r: (r["parametrization"], r["width"], r["lr"], r["seed"])):
-            writer.writerow({c: r[c] for c in CSV_COLUMNS})
+        for r in sorted(rows, key=lambda r: (r["parametrization"], r["width"], r["lr"], r["seed"],
+                                              *(str(r[k]) for k in keys))):
+            writer.writerow({c: r[c] for c in columns})
 
 
 def loss_curves(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], dict[float, float]]:
@@ -171,11 +181,17 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> None
     plt.close(fig)
 
 
-def report(sweep_dir: str | Path, out_dir: str | Path | None = None, title: str = "") -> dict:
-    """Read the sweep, write mutransfer.csv, mutransfer.png and mutransfer.json; return the analysis."""
-    rows = read_summaries(sweep_dir)
+def report(sweep_dir: str | Path, out_dir: str | Path | None = None, title: str = "",
+           keys: Sequence[str] = ()) -> dict:
+    """Read the sweep, write mutransfer.csv, mutransfer.png and mutransfer.json; return the analysis.
+    `keys`: config keys added to the CSV (the curves average all runs of a width and lr, whatever those are)."""
+    rows = read_summaries(sweep_dir, keys)
+    runs = [(r["parametrization"], r["width"], r["lr"], r["seed"]) for r in rows]
+    if len(set(runs)) < len(runs):
+        log.warning("several runs share a parametrization, width, lr and seed: the curves average them; "
+                    "report one setting per folder (the CSV keeps every run)")
     out = Path(out_dir or sweep_dir)
-    write_csv(rows, out / "mutransfer.csv")
+    write_csv(rows, out / "mutransfer.csv", keys)
     analysis = analyse(rows)
     plot(rows, out / "mutransfer.png", title=title)
     (out / "mutransfer.json").write_text(json.dumps(analysis, indent=2, default=str))
@@ -215,12 +231,16 @@ def run_pipeline(cfg: Any, run: Any) -> dict:
     seeds = list(cfg.seeds)
     if int(cfg.donor_width) >= int(cfg.target_width):
         raise ValueError(f"donor_width={cfg.donor_width} must be narrower than target_width={cfg.target_width}")
-    combos = grid(OmegaConf.to_container(cfg.search, resolve=True))
+    shared = OmegaConf.to_container(cfg.search, resolve=True)
+    # options only one parametrization has (µP's multipliers) are searched for that one alone
+    own = cfg.get("search_by_parametrization")
+    own = OmegaConf.to_container(own, resolve=True) if own else {}
     # µP's base width is the donor's: there µP and SP are the same model, and the donor's tuning is µP's
     base = [f"+experiment={cfg.experiment}", f"parametrization.base_width={cfg.donor_width}", *cfg.overrides]
     result: dict[str, Any] = {"donor_width": int(cfg.donor_width), "target_width": int(cfg.target_width),
                               "parametrizations": {}}
     for param in cfg.parametrizations:
+        combos = grid({**shared, **(own.get(param) or {})})
         trials = []
         for i, combo in enumerate(combos):
             losses = []
