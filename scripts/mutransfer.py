@@ -19,7 +19,7 @@ import hydra  # noqa: E402
 from hydra import compose  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mugpt.mutransfer import format_pipeline, report, run_pipeline  # noqa: E402
+from mugpt.mutransfer import chosen_settings, format_pipeline, report, run_pipeline  # noqa: E402
 from mugpt.training import train  # noqa: E402
 
 log = logging.getLogger("mugpt")
@@ -40,7 +40,10 @@ def train_one(overrides: list[str], output_dir: Path) -> dict:
 def main(cfg: DictConfig) -> None:
     result = run_pipeline(cfg, train_one)
     out = Path(cfg.output_dir)
-    report(out, out, title=f"µTransfer: donor width {cfg.donor_width} → target {cfg.target_width}")
+    # the figure: each parametrization's runs at the non-lr settings its donor chose; the CSV keeps all runs
+    keys, chosen = chosen_settings(result)
+    report(out, out, title=f"µTransfer: donor width {cfg.donor_width} → target {cfg.target_width}",
+           keys=keys, select=chosen)
     print("\n" + format_pipeline(result))
     print(f"\nwrote {out / 'transfer.json'}, {out / 'mutransfer.csv'}, {out / 'mutransfer.png'}")
 

@@ -7,7 +7,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from mugpt.mutransfer import analyse, best_log2_lr, grid, report, run_pipeline
+from mugpt.mutransfer import analyse, best_log2_lr, chosen_settings, grid, report, run_pipeline
 from mugpt.training import train
 from conftest import compose_config
 
@@ -85,6 +85,8 @@ def test_pipeline_transfers_the_donors_best_and_skips_diverged_donors(tmp_path):
     assert not any("parametrization=sp" in c and any(o.startswith("parametrization.output_mult") for o in c)
                    for c in calls)
     assert result["parametrizations"]["mup"]["donor_best"] == ["lr_log2=-7", "parametrization.output_mult=1"]
+    # the settings the report draws each donor curve at: all searched keys but the learning rate
+    assert chosen_settings(result) == (["parametrization.output_mult"], {"sp": {}, "mup": {"parametrization.output_mult": 1}})
 
 
 def test_miniature_sweep_through_the_report(tmp_path, cache_dir):
@@ -110,3 +112,9 @@ def test_miniature_sweep_through_the_report(tmp_path, cache_dir):
     assert a["sp"]["widths"] == [32, 64] and a["sp"]["best_lr"][64] in (2.0 ** -8, 2.0 ** -6)
     assert a["sp"]["best_loss"][64] < math.log(256) - 1.0  # 12 steps already learn byte statistics
     assert (sweep / "mutransfer.png").read_bytes()[:4] == b"\x89PNG"
+    # select: the analysis keeps only the chosen settings' runs, the CSV keeps every run and the asked columns
+    picked = report(sweep, tmp_path / "picked", keys=["optim.warmup_steps"], select={"sp": {"model.width": 32}})
+    assert picked["analysis"]["sp"]["widths"] == [32] and picked["analysis"]["mup"]["widths"] == [32, 64]
+    with open(tmp_path / "picked" / "mutransfer.csv", newline="") as f:
+        picked_rows = list(csv.DictReader(f))
+    assert len(picked_rows) == len(jobs) and {r["optim.warmup_steps"] for r in picked_rows} == {"2"}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import yaml
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -182,16 +183,19 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> None
 
 
 def report(sweep_dir: str | Path, out_dir: str | Path | None = None, title: str = "",
-           keys: Sequence[str] = ()) -> dict:
+           keys: Sequence[str] = (), select: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Read the sweep, write mutransfer.csv, mutransfer.png and mutransfer.json; return the analysis.
-    `keys`: config keys added to the CSV (the curves average all runs of a width and lr, whatever those are)."""
-    rows = read_summaries(sweep_dir, keys)
+    `keys`: config keys added to the CSV. `select`: parametrization -> {key: value}; the curves and the
+    analysis then use only that parametrization's runs with those values (the CSV keeps every run)."""
+    rows = read_summaries(sweep_dir, [*keys, *{k for chosen in (select or {}).values() for k in chosen}])
+    out = Path(out_dir or sweep_dir)
+    write_csv(rows, out / "mutransfer.csv", keys)
+    if select:
+        rows = [r for r in rows if all(r[k] == v for k, v in select.get(r["parametrization"], {}).items())]
     runs = [(r["parametrization"], r["width"], r["lr"], r["seed"]) for r in rows]
     if len(set(runs)) < len(runs):
         log.warning("several runs share a parametrization, width, lr and seed: the curves average them; "
                     "report one setting per folder (the CSV keeps every run)")
-    out = Path(out_dir or sweep_dir)
-    write_csv(rows, out / "mutransfer.csv", keys)
     analysis = analyse(rows)
     plot(rows, out / "mutransfer.png", title=title)
     (out / "mutransfer.json").write_text(json.dumps(analysis, indent=2, default=str))
@@ -219,6 +223,17 @@ def grid(search: Mapping[str, Any]) -> list[list[str]]:
             raise ValueError(f"search.{key}: give at least one value")
         combos = [c + [f"{key}={v}"] for c in combos for v in values]
     return combos
+
+
+def chosen_settings(result: Mapping[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """From run_pipeline's result: the searched config keys other than the learning rate, and each
+    parametrization's chosen values of them (to draw the donor's curve at the settings it picked)."""
+    chosen: dict[str, dict[str, Any]] = {}
+    for param, r in result["parametrizations"].items():
+        pairs = (o.split("=", 1) for o in r["donor_best"])
+        chosen[param] = {k: yaml.safe_load(v) for k, v in pairs if k != "lr_log2" and k != "optim.lr"}
+    keys = sorted({k for values in chosen.values() for k in values})
+    return keys, chosen
 
 
 def run_pipeline(cfg: Any, run: Any) -> dict:
