@@ -881,7 +881,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-seconds", type=float, default=None, help="target length of a row's block (cpu 6, cuda 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per row or arm (cpu 2, cuda 3)")
     p.add_argument("--overhead-blocks", type=int, default=None, help="block pairs per overhead comparison (cpu 6, cuda 10)")
-    p.add_argument("--overhead-block-steps", type=int, default=None, help="steps per overhead block (cpu 2, cuda 10)")
+    p.add_argument("--overhead-block-steps", type=int, default=None,
+                   help="steps per overhead block (cpu 4, cuda 10; a switch between arms costs a warm-up)")
     p.add_argument("--no-isolate", action="store_true", help="run the rows in this process (no per-row memory)")
     p.add_argument("--skip-table", action="store_true")
     p.add_argument("--skip-overheads", action="store_true")
@@ -901,7 +902,7 @@ def main(argv: list[str] | None = None) -> dict:
     block_seconds = args.block_seconds if args.block_seconds is not None else (3.0 if cuda else 6.0)
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 2)
     o_blocks = args.overhead_blocks or (10 if cuda else 6)
-    o_steps = args.overhead_block_steps or (10 if cuda else 2)
+    o_steps = args.overhead_block_steps or (10 if cuda else 4)
     cfg = BenchConfig.from_preset(
         args.preset, device=args.device, width=args.width, n_layer=args.n_layer, n_head=args.n_head,
         block_size=args.block_size, batch_size=args.batch_size, seed=args.seed,
