@@ -53,6 +53,11 @@ def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = 
                         state_dict_type=state_dict_type, cpu_offload=cpu_offload, limit_all_gathers=limit_all_gathers)
 
 
+def uses_cuda(trainer_cfg: DictConfig | dict) -> bool:
+    """Will the trainer run on CUDA GPUs: its accelerator allows them and this machine has one."""
+    return torch.cuda.is_available() and str(trainer_cfg.get("accelerator", "auto")) in ("auto", "gpu", "cuda")
+
+
 def is_fsdp(strategy: Any) -> bool:
     name = strategy.get("name") if isinstance(strategy, (dict, DictConfig)) else strategy
     return isinstance(name, str) and name.startswith("fsdp")
@@ -66,8 +71,7 @@ def check_strategy(cfg: DictConfig) -> None:
         if why:
             raise ValueError(f"optim={cfg.optim.name} {why}, but trainer.strategy=fsdp gives the optimizer flat "
                              "1-D shards; use trainer=ddp or another optimizer")
-        accelerator = str(cfg.trainer.get("accelerator", "auto"))
-        if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
+        if not uses_cuda(cfg.trainer):
             raise ValueError("trainer.strategy=fsdp needs CUDA GPUs (Lightning's FSDP does not run on the CPU); "
                              "use trainer=ddp with trainer.accelerator=cpu")
 
@@ -81,9 +85,7 @@ def world_size(trainer_cfg: DictConfig | dict) -> int:
     elif isinstance(devices, str) and "," in devices:
         per_node = len([d for d in devices.split(",") if d.strip()])
     elif str(devices) in ("auto", "-1"):
-        accelerator = str(trainer_cfg.get("accelerator", "auto"))
-        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-        per_node = max(1, torch.cuda.device_count()) if on_gpu else 1
+        per_node = torch.cuda.device_count() if uses_cuda(trainer_cfg) else 1
     else:
         per_node = int(devices)
     if per_node <= 0:

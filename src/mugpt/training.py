@@ -28,7 +28,7 @@ from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughp
 from mugpt.checkpointing import (CHECKPOINT_DIR, LAST, AtomicCheckpointIO, PreemptionCheckpoint, RunCheckpoint,
                                  check_compatible, find_resume_checkpoint)
 from mugpt.diagnostics import build_diagnostics
-from mugpt.distributed import build_strategy, check_strategy, single_job_command, world_size
+from mugpt.distributed import build_strategy, check_strategy, single_job_command, uses_cuda, world_size
 from mugpt.module import GPTLightningModule, perplexity
 from mugpt.optim import check_optimizer, check_schedule
 
@@ -224,8 +224,7 @@ def train(cfg: DictConfig) -> dict:
         precision = str(cfg.precision.lightning)
         check_precision(precision)
         check_schedule(cfg.optim, cfg.trainer.max_steps)
-        on_cuda = torch.cuda.is_available() and cfg.trainer.get("accelerator", "auto") in ("auto", "gpu", "cuda")
-        check_optimizer(cfg.optim, on_cuda)
+        check_optimizer(cfg.optim, uses_cuda(cfg.trainer))
         check_loggers(cfg)
         check_strategy(cfg)
         processes = world_size(cfg.trainer)
