@@ -12,21 +12,11 @@ import torch.multiprocessing as mp
 
 from mugpt.data import FixedWindows, RandomWindows
 from mugpt.distributed import build_strategy, check_strategy, world_size
-from mugpt.model import Block, GPTConfig
-from mugpt.parametrization import get_parametrization
+from mugpt.model import Block
 from mugpt.training import accumulation_steps, train
 
 from conftest import run_train_cli
-
-BASE = 64
-
-
-def _config(width: int) -> GPTConfig:
-    return GPTConfig(vocab_size=256, block_size=32, width=width, n_layer=2, n_head=4)
-
-
-def _mup():
-    return get_parametrization({"name": "mup", "base_width": BASE})
+from test_parametrization import BASE, config, mup
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,8 +34,8 @@ def _spawn(worker, out_dir: Path) -> None:
 def _one_process_step() -> tuple[torch.nn.Module, list[dict], list[float]]:
     """The reference: one process, the full batch, one AdamW step with µP's groups; losses per half batch."""
     torch.manual_seed(0)
-    p = _mup()
-    model = p.build_model(_config(4 * BASE))
+    p = mup()
+    model = p.build_model(config(4 * BASE))
     groups = p.param_groups(model, lr=1e-2, weight_decay=0.1)
     x, y = _batch()
     with torch.no_grad():
@@ -76,8 +66,8 @@ def _ddp_worker(rank: int, processes: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=processes)
     try:
         torch.manual_seed(0)
-        p = _mup()
-        ddp = DistributedDataParallel(p.build_model(_config(4 * BASE)))
+        p = mup()
+        ddp = DistributedDataParallel(p.build_model(config(4 * BASE)))
         opt = torch.optim.AdamW(p.param_groups(ddp.module, lr=1e-2, weight_decay=0.1), eps=1e-3)
         x, y = _batch()
         shard = slice(2 * rank, 2 * rank + 2)  # each rank sees half the batch; DDP averages the gradients
@@ -110,8 +100,8 @@ def _fsdp_worker(rank: int, processes: int, port: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=processes)
     try:
         torch.manual_seed(0)
-        p = _mup()
-        fsdp = FSDP(p.build_model(_config(4 * BASE)), use_orig_params=True, auto_wrap_policy=ModuleWrapPolicy({Block}),
+        p = mup()
+        fsdp = FSDP(p.build_model(config(4 * BASE)), use_orig_params=True, auto_wrap_policy=ModuleWrapPolicy({Block}),
                     device_id=torch.device("cpu"))
         shapes = {n: tuple(q.shape) for n, q in fsdp.named_parameters()}
         groups = p.param_groups(fsdp, lr=1e-2, weight_decay=0.1)
