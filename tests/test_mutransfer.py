@@ -118,3 +118,23 @@ def test_miniature_sweep_through_the_report(tmp_path, cache_dir):
     with open(tmp_path / "picked" / "mutransfer.csv", newline="") as f:
         picked_rows = list(csv.DictReader(f))
     assert len(picked_rows) == len(jobs) and {r["optim.warmup_steps"] for r in picked_rows} == {"2"}
+
+
+def test_gpu_experiment_inherits_the_cpu_setup_and_survives_the_gpt2_vocabulary(tmp_path, cache_dir):
+    """+experiment=mutransfer_gpu: GPT-2 BPE and bf16, the CPU experiment's optimizer setup, and a divergence
+    bound above the GPT-2 vocabulary's starting loss (ln 50257 = 10.8), so that a healthy run is not stopped."""
+    cfg = compose_config(["+experiment=mutransfer_gpu", "parametrization=mup", "lr_log2=-9"], tmp_path / "c", cache_dir)
+    assert cfg.data.tokenizer == "gpt2" and cfg.precision.lightning == "bf16-mixed"
+    assert cfg.parametrization.base_width == cfg.model.width == 256
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.block_size, cfg.data.batch_size) == (4, 8, 128, 32)
+    assert cfg.optim.lr == 2.0 ** -9 and cfg.optim.grad_clip == 1.0 and cfg.optim.warmup_steps == 60
+    assert cfg.max_loss > math.log(50257) + 1.0
+    assert cfg.trainer.max_steps == cfg.eval_every == 300
+    # a miniature on the CPU (fp32, width 64 = base): the first losses sit near ln 50257 and the run completes
+    small = compose_config(["+experiment=mutransfer_gpu", "parametrization=mup", "precision=32-true",
+                            "model.width=64", "parametrization.base_width=64", "model.n_layer=1", "lr_log2=-9",
+                            "trainer.max_steps=3", "eval_every=3", "data.batch_size=4", "data.val_batches=1"],
+                           tmp_path / "run", cache_dir)
+    summary = train(small)
+    assert summary["status"] == "completed" and summary["vocab_size"] == 50257
+    assert math.log(50257) - 1.0 < summary["val_loss"] < math.log(50257) + 1.0
