@@ -2,14 +2,17 @@
 stream of one process; sweeps of multi-process jobs run each job once; bad combinations are refused early."""
 
 import json
+import math
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from mugpt.callbacks import DivergenceGuard
 from mugpt.data import FixedWindows, RandomWindows
 from mugpt.distributed import build_strategy, check_strategy, world_size
 from mugpt.model import Block
@@ -191,6 +194,44 @@ def test_multirun_of_ddp_jobs_runs_each_job_once(tmp_path, cache_dir):
     for job in jobs:  # the second rank ran inside its job's directory
         assert (sweep / job / "train_ddp_process_1.log").is_file()
     assert proc.stderr.count("Launching") + proc.stdout.count("Launching") == 1
+
+
+class _TwoProcesses:
+    """A trainer of rank 0 of 2 whose other process reports (step, loss) as its first bad loss, or none."""
+
+    def __init__(self, other: tuple[float, float]) -> None:
+        self.world_size, self.should_stop = 2, False
+        self.strategy = SimpleNamespace(root_device=torch.device("cpu"),
+                                        all_gather=lambda t: torch.stack([t, torch.tensor(other, dtype=t.dtype)]))
+
+
+def test_divergence_guard_stops_every_process_at_the_first_bad_step_any_saw():
+    """Lightning does not reduce `should_stop`; a loss past the bound on one process must stop all of them,
+    and all must report the same, earliest, step."""
+    none = (math.inf, math.nan)
+    for local, other, expected in [([2.0, 2.0, 2.0], (2.0, 50.0), (2, "50")),   # only the other process
+                                   ([2.0, 2.0, 99.0], (2.0, 50.0), (2, "50")),  # both: the earlier step
+                                   ([99.0, 2.0, 2.0], (2.0, 50.0), (1, "99")),  # both: this one is earlier
+                                   ([2.0, 2.0, 2.0], none, None)]:               # neither: train on
+        guard, trainer = DivergenceGuard(max_loss=10.0, every=3), _TwoProcesses(other)
+        guard._pending = [(step, torch.tensor(loss)) for step, loss in zip((1, 2, 3), local)]
+        guard.check(trainer)
+        if expected is None:
+            assert guard.diverged_at is None and not trainer.should_stop
+        else:
+            assert (guard.diverged_at, trainer.should_stop) == (expected[0], True)
+            assert f"train loss {expected[1]} at step {expected[0]} " in guard.reason
+
+
+def test_lightning_ddp_run_that_diverges_stops_both_processes(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    proc = run_train_cli([*DDP_RUN, "data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                          "max_loss=1.0", "trainer.log_every_n_steps=2", f"hydra.run.dir={run}"], tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["processes"]) == ("diverged", 2)
+    # both processes left the loop at the first 2-step window (a process left behind would hang the other)
+    assert "at step 1 " in summary["diverged_reason"] and summary["steps"] == 2
 
 
 # ---------------------------------------------------------------------------- configs and checks

@@ -137,17 +137,27 @@ class DivergenceGuard(L.Callback):
         self.check(trainer)
 
     def check(self, trainer: L.Trainer) -> None:
-        if not self._pending or self.diverged_at is not None:
+        if self.diverged_at is not None:
             self._pending.clear()
             return
-        steps, losses = zip(*self._pending)
+        first_bad = (math.inf, math.nan)  # (step, loss) of this process's first bad loss in the window
+        if self._pending:
+            steps, losses = zip(*self._pending)
+            bad = [(step, value) for step, value in zip(steps, torch.stack(losses).float().tolist())
+                   if not (math.isfinite(value) and value <= self.max_loss)]
+            first_bad = bad[0] if bad else first_bad
         self._pending.clear()
-        for step, value in zip(steps, torch.stack(losses).float().tolist()):
-            if not (math.isfinite(value) and value <= self.max_loss):
-                self.diverged_at = step
-                self.reason = f"train loss {value:.4g} at step {step} (bound {self.max_loss})"
-                trainer.should_stop = True
-                return
+        if trainer.world_size > 1:
+            # Each process sees its own shard's loss, and Lightning does not reduce `should_stop`: every
+            # process must stop at the same step, at the first bad loss any of them saw.
+            local = torch.tensor(first_bad, dtype=torch.float64, device=trainer.strategy.root_device)
+            everyone = trainer.strategy.all_gather(local).reshape(-1, 2).cpu()
+            first_bad = tuple(everyone[int(torch.argmin(everyone[:, 0]))].tolist())
+        step, value = first_bad
+        if math.isfinite(step):
+            self.diverged_at = int(step)
+            self.reason = f"train loss {value:.4g} at step {int(step)} (bound {self.max_loss})"
+            trainer.should_stop = True
 
 
 def activation_bytes(batch_size: int, block_size: int, width: int, n_layer: int, n_head: int, vocab: int,
