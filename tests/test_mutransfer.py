@@ -5,11 +5,13 @@ import json
 import math
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from mugpt.mutransfer import analyse, best_log2_lr, chosen_settings, grid, report, run_pipeline
 from mugpt.training import train
-from conftest import compose_config
+from conftest import CONF_DIR, compose_config
 
 
 def rows_from(curves: dict) -> list[dict]:
@@ -63,7 +65,7 @@ def test_pipeline_transfers_the_donors_best_and_skips_diverged_donors(tmp_path):
             return {"status": "diverged", "val_loss": float("nan")}
         return {"status": "completed", "val_loss": (e + 7) ** 2 / 10 + (0.1 if o["parametrization"] == "sp" else 0)}
 
-    cfg = OmegaConf.create({"experiment": "mutransfer_lr", "parametrizations": ["sp", "mup"], "donor_width": 32,
+    cfg = OmegaConf.create({"training_experiment": "mutransfer_lr", "parametrizations": ["sp", "mup"], "donor_width": 32,
                             "target_width": 128, "search": {"lr_log2": [-8, -7, -4]}, "seeds": [0],
                             "overrides": ["trainer.max_steps=5"], "output_dir": str(tmp_path)})
     result = run_pipeline(cfg, fake_run)
@@ -138,3 +140,28 @@ def test_gpu_experiment_inherits_the_cpu_setup_and_survives_the_gpt2_vocabulary(
     summary = train(small)
     assert summary["status"] == "completed" and summary["vocab_size"] == 50257
     assert math.log(50257) - 1.0 < summary["val_loss"] < math.log(50257) + 1.0
+
+
+def test_one_command_config_picks_its_training_experiment(tmp_path, cache_dir):
+    """`python scripts/mutransfer.py training_experiment=mutransfer_gpu donor_width=256 target_width=2048`: the
+    key must not collide with the `experiment` config group, and every run composes to that experiment."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="mutransfer", overrides=[
+            "training_experiment=mutransfer_gpu", "donor_width=256", "target_width=2048", "search.lr_log2=[-9,-8]",
+            "search.model.init_std=[0.02]", f"output_dir={tmp_path}"])
+    composed = []
+
+    def compose_only(overrides, output_dir):
+        run_cfg = compose_config(overrides, output_dir, cache_dir)
+        composed.append((run_cfg.data.tokenizer, run_cfg.model.width, run_cfg.parametrization.base_width,
+                         run_cfg.optim.lr))
+        return {"status": "completed", "val_loss": 5.0 + abs(run_cfg.optim.lr - 2.0 ** -9)}
+
+    result = run_pipeline(cfg, compose_only)
+    # SP: 2 donor runs + 1 target; µP: 2 lrs x 3 output multipliers + 1 target
+    assert len(composed) == 3 + 7
+    assert {c[0] for c in composed} == {"gpt2"} and {c[2] for c in composed} == {256}
+    assert sorted({c[1] for c in composed}) == [256, 2048]
+    assert result["parametrizations"]["mup"]["donor_best"][0] == "lr_log2=-9"
+    assert all(c[3] == 2.0 ** -9 for c in composed if c[1] == 2048)

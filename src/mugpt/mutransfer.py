@@ -251,7 +251,7 @@ def run_pipeline(cfg: Any, run: Any) -> dict:
     own = cfg.get("search_by_parametrization")
     own = OmegaConf.to_container(own, resolve=True) if own else {}
     # µP's base width is the donor's: there µP and SP are the same model, and the donor's tuning is µP's
-    base = [f"+experiment={cfg.experiment}", f"parametrization.base_width={cfg.donor_width}", *cfg.overrides]
+    base = [f"+experiment={cfg.training_experiment}", f"parametrization.base_width={cfg.donor_width}", *cfg.overrides]
     result: dict[str, Any] = {"donor_width": int(cfg.donor_width), "target_width": int(cfg.target_width),
                               "parametrizations": {}}
     for param in cfg.parametrizations:
