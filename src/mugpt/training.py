@@ -294,7 +294,8 @@ def train(cfg: DictConfig) -> dict:
         with single_job_command(trainer, output_dir):
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
             if checkpointing and guard.diverged_at is None and preemption.preempted_at is None:
-                trainer.save_checkpoint(ckpt_dir / LAST)  # the end of training, whatever the step interval
+                # the end of training, whatever the step interval; the full state (optimizer, loops), for resume
+                trainer.save_checkpoint(ckpt_dir / LAST, weights_only=False)
             stopped_early = guard.diverged_at is not None or preemption.preempted_at is not None
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # validate() resets them
             if not stopped_early and module.last_val_step != trainer.global_step and not trainer.fast_dev_run:
