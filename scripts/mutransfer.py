@@ -20,7 +20,7 @@ from hydra import compose  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from mugpt.mutransfer import chosen_settings, format_pipeline, report, run_pipeline  # noqa: E402
-from mugpt.training import train  # noqa: E402
+from mugpt.training import check_config, train  # noqa: E402
 
 log = logging.getLogger("mugpt")
 
@@ -36,9 +36,20 @@ def train_one(overrides: list[str], output_dir: Path) -> dict:
         return {"status": "failed", "val_loss": float("nan")}
 
 
+def check_one(overrides: list[str]) -> None:
+    """Refuse a run's config before anything trains; the error names the run and the option."""
+    try:
+        check_config(compose(config_name="config", overrides=[*overrides, "output_dir=unused"]))
+    except Exception as exc:
+        raise ValueError(f"run `{' '.join(overrides)}` cannot start: {exc}") from exc
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="mutransfer")
 def main(cfg: DictConfig) -> None:
-    result = run_pipeline(cfg, train_one)
+    try:
+        result = run_pipeline(cfg, train_one, check=check_one)
+    except ValueError as exc:  # a refused option or run, before any training (train_one records its own failures)
+        sys.exit(f"error: {exc}")
     out = Path(cfg.output_dir)
     # the figure: each parametrization's runs at the non-lr settings its donor chose; the CSV keeps all runs
     keys, chosen = chosen_settings(result)

@@ -12,7 +12,7 @@ if __name__ == "__main__":
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mugpt.training import train  # noqa: E402
+from mugpt.training import rejected_input, train  # noqa: E402
 
 log = logging.getLogger("mugpt")
 
@@ -33,11 +33,18 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = train(cfg)
-    except Exception:
-        # In a sweep a failed job is recorded (summary.json says failed) and the others go on.
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
+    except Exception as exc:
+        # A refused option or path: its one-line message, no traceback. In a sweep a failed job is recorded
+        # (summary.json says failed) and the others go on.
+        if rejected_input(exc):
+            if multirun:
+                log.error("job refused, the sweep goes on: %s", exc)
+                return None
+            sys.exit(f"error: {exc}")
+        if multirun:
             log.exception("job failed; the sweep goes on")
             return None
         raise

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from mugpt.mutransfer import analyse, best_log2_lr, chosen_settings, grid, report, run_pipeline
-from mugpt.training import train
+from mugpt.training import check_config, train
 from conftest import CONF_DIR, compose_config
 
 
@@ -165,3 +165,18 @@ def test_one_command_config_picks_its_training_experiment(tmp_path, cache_dir):
     assert sorted({c[1] for c in composed}) == [256, 2048]
     assert result["parametrizations"]["mup"]["donor_best"][0] == "lr_log2=-9"
     assert all(c[3] == 2.0 ** -9 for c in composed if c[1] == 2048)
+
+
+def test_pipeline_refuses_a_target_that_cannot_run_before_any_donor_trains(tmp_path, cache_dir):
+    cfg = OmegaConf.create({"training_experiment": "mutransfer_gpu", "parametrizations": ["sp", "mup"],
+                            "donor_width": 256, "target_width": 2050, "search": {"lr_log2": [-9, -8]},
+                            "seeds": [0], "overrides": [], "output_dir": str(tmp_path)})
+    checked, trained = [], []
+
+    def check(overrides):
+        checked.append(overrides)
+        check_config(compose_config(overrides, tmp_path / "unused", cache_dir))
+
+    with pytest.raises(ValueError, match="model.width=2050 is not divisible by model.n_head=8"):
+        run_pipeline(cfg, lambda overrides, out: trained.append(overrides), check=check)
+    assert trained == [] and len(checked) == 3  # SP's two donors passed, its target was refused

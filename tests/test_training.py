@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_train_cli
+from conftest import TINY, run_train_cli
 from mugpt.module import GPTLightningModule
 from mugpt.training import build_datamodule, train
 
@@ -107,6 +107,25 @@ def test_empty_corpus_is_rejected(make_cfg, tmp_path):
     cfg = make_cfg("data=text", f"data.path={empty}")
     with pytest.raises(ValueError, match="empty"):
         train(cfg)
+
+
+def test_cli_refuses_bad_input_in_one_line_and_keeps_the_summary(tmp_path, cache_dir):
+    """A refused option or path: exit status 1, one line that names it, no traceback; summary.json says failed.
+    In a sweep the refused job is recorded and the next one runs."""
+    for args, message in [(["model.width=130", "model.n_head=4"], "error: model.width=130 is not divisible by model.n_head=4"),
+                          (["data=text", f"data.path={tmp_path / 'nowhere.txt'}"], "nowhere.txt")]:
+        out = tmp_path / "refused"
+        proc = run_train_cli([*args, "logger=none", f"hydra.run.dir={out}"], tmp_path, cache_dir)
+        assert proc.returncode == 1
+        assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+        assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    sweep = tmp_path / "sweep"
+    proc = run_train_cli(["-m", *TINY, "trainer.max_steps=2", "model.width=65,64", "logger=none",
+                          f"hydra.sweep.dir={sweep}"], tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "job refused, the sweep goes on: model.width=65" in proc.stderr + proc.stdout
+    statuses = [json.loads((sweep / j / "summary.json").read_text())["status"] for j in ("0", "1")]
+    assert statuses == ["failed", "completed"]
 
 
 def test_cli_run_from_the_issue(tmp_path, cache_dir):

@@ -236,12 +236,13 @@ def chosen_settings(result: Mapping[str, Any]) -> tuple[list[str], dict[str, dic
     return keys, chosen
 
 
-def run_pipeline(cfg: Any, run: Any) -> dict:
+def run_pipeline(cfg: Any, run: Any, check: Any = None) -> dict:
     """Donor sweep → best hyperparameters → target runs, per parametrization.
 
     cfg: shaped like conf/mutransfer.yaml. run(overrides, output_dir) -> summary dict trains one model (the
-    script passes mugpt.training.train on a composed config). Returns the result also written to
-    OUTPUT/transfer.json and printed by the script."""
+    script passes mugpt.training.train on a composed config). check(overrides), if given, raises on a config
+    that cannot run; every donor run and the target are checked before the first run trains. Returns the
+    result also written to OUTPUT/transfer.json and printed by the script."""
     out = Path(cfg.output_dir)
     seeds = list(cfg.seeds)
     if int(cfg.donor_width) >= int(cfg.target_width):
@@ -254,8 +255,14 @@ def run_pipeline(cfg: Any, run: Any) -> dict:
     base = [f"+experiment={cfg.training_experiment}", f"parametrization.base_width={cfg.donor_width}", *cfg.overrides]
     result: dict[str, Any] = {"donor_width": int(cfg.donor_width), "target_width": int(cfg.target_width),
                               "parametrizations": {}}
-    for param in cfg.parametrizations:
-        combos = grid({**shared, **(own.get(param) or {})})
+    plans = {param: grid({**shared, **(own.get(param) or {})}) for param in cfg.parametrizations}
+    if check is not None:  # a target that cannot be built must not be found after an hour of donor runs
+        for param, combos in plans.items():
+            for overrides in ([*base, f"parametrization={param}", f"model.width={cfg.donor_width}", *combo]
+                              for combo in combos):
+                check(overrides)
+            check([*base, f"parametrization={param}", f"model.width={cfg.target_width}", *combos[0]])
+    for param, combos in plans.items():
         trials = []
         for i, combo in enumerate(combos):
             losses = []

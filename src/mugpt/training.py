@@ -29,8 +29,10 @@ from mugpt.checkpointing import (CHECKPOINT_DIR, LAST, AtomicCheckpointIO, Preem
                                  check_compatible, find_resume_checkpoint)
 from mugpt.diagnostics import build_diagnostics
 from mugpt.distributed import build_strategy, check_strategy, single_job_command, uses_cuda, world_size
+from mugpt.model import GPTConfig
 from mugpt.module import GPTLightningModule, perplexity
 from mugpt.optim import check_optimizer, check_schedule
+from mugpt.parametrization import get_parametrization
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +206,32 @@ def write_summary(output_dir: Path, summary: dict) -> None:
     os.replace(tmp, path)
 
 
+# What a bad option or path raises before training starts: its message names the option or the path.
+INPUT_ERRORS = (ValueError, FileNotFoundError, ImportError)
+
+
+def rejected_input(exc: BaseException) -> bool:
+    """Did train() refuse its config (or a path it names) before any training? Then the one-line message says
+    everything, and the command line prints it without a traceback."""
+    return getattr(exc, "rejected_input", False)
+
+
+def check_config(cfg: DictConfig) -> tuple[int, int]:
+    """Everything that can reject a training config, without building data or model: a one-line error that
+    names the option. Returns (processes, gradient accumulation steps). Sweeps call it on every run first."""
+    check_precision(str(cfg.precision.lightning))
+    check_schedule(cfg.optim, cfg.trainer.max_steps)
+    check_optimizer(cfg.optim, uses_cuda(cfg.trainer))
+    check_loggers(cfg)
+    check_strategy(cfg)
+    if cfg.trainer.get("gradient_clip_val"):
+        raise ValueError("trainer.gradient_clip_val: set optim.grad_clip instead (the module clips, fused-safe)")
+    GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": 1})  # the tokenizer's comes later
+    get_parametrization(OmegaConf.to_container(cfg.parametrization, resolve=True))
+    processes = world_size(cfg.trainer)
+    return processes, accumulation_steps(cfg, processes)
+
+
 def train(cfg: DictConfig) -> dict:
     """Train one model as cfg says. Returns the summary also written to output_dir/summary.json."""
     load_env()
@@ -215,22 +243,14 @@ def train(cfg: DictConfig) -> dict:
         "output_dir": str(output_dir),
     }
     logger = None
+    training = False
     started = time.time()
     # Under DDP/FSDP every rank runs this function; only global rank 0 writes files. The rank is known from
     # the launcher's environment now and from the Trainer once it exists.
     is_main = rank_zero_only.rank == 0
     try:
-        # ---- everything that can reject the config, before any training
+        processes, accumulate = check_config(cfg)
         precision = str(cfg.precision.lightning)
-        check_precision(precision)
-        check_schedule(cfg.optim, cfg.trainer.max_steps)
-        check_optimizer(cfg.optim, uses_cuda(cfg.trainer))
-        check_loggers(cfg)
-        check_strategy(cfg)
-        processes = world_size(cfg.trainer)
-        accumulate = accumulation_steps(cfg, processes)
-        if cfg.trainer.get("gradient_clip_val"):
-            raise ValueError("trainer.gradient_clip_val: set optim.grad_clip instead (the module clips, fused-safe)")
         resume_from = find_resume_checkpoint(cfg.get("resume"), output_dir, *hydra_overrides_and_root(output_dir))
         if resume_from is not None and resume_from[1].resolve() != output_dir.resolve():
             log.info("resuming the run in %s (this directory keeps only the launch log)", resume_from[1])
@@ -289,6 +309,7 @@ def train(cfg: DictConfig) -> dict:
             trainer.loggers = logger or []
 
         # ---- train
+        training = True
         if resume_from is not None:
             log.info("resuming from %s", resume_from[0])
         with single_job_command(trainer, output_dir):
@@ -327,6 +348,8 @@ def train(cfg: DictConfig) -> dict:
     except BaseException as exc:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         summary["traceback"] = traceback.format_exc()
+        if not training and isinstance(exc, INPUT_ERRORS):
+            exc.rejected_input = True  # see rejected_input(): the message is the whole story
         raise
     finally:
         summary["wall_seconds"] = round(time.time() - started, 2)
