@@ -5,17 +5,22 @@ Writes coord_check.csv, coord_check_slopes.csv and coord_check.png into Hydra's 
 """
 
 import logging
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from mugpt.coord_check import run_coord_check
+from mugpt.coord_check import check_coord_check, run_coord_check
 
 log = logging.getLogger("mugpt")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="coord_check")
 def main(cfg: DictConfig) -> None:
+    try:
+        check_coord_check(cfg)
+    except ValueError as exc:  # a width or option that cannot run: one line, before any model trains
+        sys.exit(f"error: {exc}")
     result = run_coord_check(cfg)
     out = result["output_dir"]
     print(f"\nslope of log2 mean|activation| vs log2 width (0 = flat; hidden = all but the logits):\n"

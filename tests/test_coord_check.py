@@ -1,6 +1,8 @@
 """The coordinate check, reduced: three widths 16x apart, three records (0, 1, 2 AdamW updates), one seed."""
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,13 @@ def test_coord_check_needs_two_widths(tmp_path):
     GlobalHydra.instance().clear()
     with pytest.raises(ValueError, match="widths"):
         run_coord_check(cfg, tokens=load_tokens("byte"))
+
+
+def test_coord_check_refuses_a_bad_width_or_option_before_any_model_trains(tmp_path):
+    """`python scripts/coord_check.py widths=[64,65]` names the width in one line, and leaves nothing written."""
+    for override, message in [("widths=[64,65]", "error: model.width=65 is not divisible by model.n_head=4"),
+                              ("parametrizations.mup.output_mult=0", "error: parametrization.output_mult must be positive")]:
+        proc = subprocess.run([sys.executable, str(Path(CONF_DIR).parent / "scripts" / "coord_check.py"), override,
+                               f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(message)
+        assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "coord_check.csv").exists()

@@ -22,7 +22,6 @@ import math
 import os
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -176,6 +175,35 @@ def trace_one(parametrization: Mapping[str, Any], model_config: GPTConfig, optim
     return trace
 
 
+def plan_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Mapping[str, Any],
+                widths: Sequence[int], steps: int, vocab_size: int) -> tuple[list[GPTConfig], dict[str, dict]]:
+    """Each width's model config (sorted by width) and each parametrization's options (µP's base width filled
+    in), all checked: a width or option that cannot run is refused before any model trains."""
+    widths = sorted(int(w) for w in widths)
+    if len(widths) < 2:
+        raise ValueError("widths: a coordinate check needs at least two widths")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    model_fields = {k: v for k, v in dict(model_cfg).items() if k in GPTConfig.__dataclass_fields__}
+    configs = [GPTConfig(**{**model_fields, "vocab_size": vocab_size, "width": w}) for w in widths]
+    plans = {}
+    for label, options in parametrizations.items():
+        options = dict(options)
+        if options.get("name") == "mup" and options.get("base_width") is None:
+            options["base_width"] = widths[0]
+        get_parametrization(options)
+        plans[label] = options
+    return configs, plans
+
+
+def check_coord_check(cfg: Any) -> None:
+    """Refuse a coordinate-check config that cannot run (bad width, step count or parametrization option),
+    without loading the corpus."""
+    cfg = _as_config(cfg)
+    plan_traces(OmegaConf.to_container(cfg.parametrizations, resolve=True),
+                OmegaConf.to_container(cfg.model, resolve=True), list(cfg.widths), int(cfg.steps), vocab_size=1)
+
+
 def run_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Mapping[str, Any], optim_cfg: Any,
                widths: Sequence[int], seeds: Sequence[int], steps: int, tokens: np.ndarray, vocab_size: int,
                batch_size: int, data_seed: int, device: str = "cpu") -> list[dict]:
@@ -183,24 +211,15 @@ def run_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Map
 
     parametrizations: label → parametrization options ({"name": "sp"} or {"name": "mup", ...}); a µP
         base_width of None means the smallest width. model_cfg: GPTConfig fields (width is swept)."""
-    widths = sorted(int(w) for w in widths)
-    if len(widths) < 2:
-        raise ValueError("widths: a coordinate check needs at least two widths")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    model_fields = {k: v for k, v in dict(model_cfg).items() if k in GPTConfig.__dataclass_fields__}
-    base_config = GPTConfig(**{**model_fields, "vocab_size": vocab_size, "width": widths[0]})
+    configs, plans = plan_traces(parametrizations, model_cfg, widths, steps, vocab_size)
     # One probe batch and one stream of training batches, shared by every parametrization, width and seed.
-    probe_x, _ = sample_batches(tokens, 1, batch_size, base_config.block_size, seed=data_seed)[0]
-    train_batches = sample_batches(tokens, max(steps - 1, 0), batch_size, base_config.block_size,
-                                   seed=data_seed + 1)
+    block_size = configs[0].block_size
+    probe_x, _ = sample_batches(tokens, 1, batch_size, block_size, seed=data_seed)[0]
+    train_batches = sample_batches(tokens, max(steps - 1, 0), batch_size, block_size, seed=data_seed + 1)
     rows = []
-    for label, options in parametrizations.items():
-        options = dict(options)
-        if options.get("name") == "mup" and options.get("base_width") is None:
-            options["base_width"] = widths[0]
-        for width in widths:
-            config = replace(base_config, width=width)
+    for label, options in plans.items():
+        for config in configs:
+            width = config.width
             for seed in seeds:
                 start = time.perf_counter()
                 trace = trace_one(options, config, optim_cfg, train_batches, probe_x, steps, int(seed), device)
