@@ -910,6 +910,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.apply_threads()
     if cfg.batch_size % 2:
         raise SystemExit(f"--batch-size {cfg.batch_size}: the accumulation row needs an even batch")
+    tricks = [t for t in args.rows.split(",") if t]
+    try:
+        build_rows(tricks)  # an unknown trick is refused before anything is measured
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     env = environment(cfg, args.machine)
     command = "python scripts/benchmark.py" + ("" if argv is None and len(sys.argv) == 1 else
                                                " " + " ".join(argv if argv is not None else sys.argv[1:]))
@@ -924,7 +929,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            "isolate": not args.no_isolate, "strict_cumulative": args.strict_cumulative}}
     if not args.skip_table:
         carry = args.strict_cumulative or env["bf16_native"]
-        rows = build_rows([t for t in args.rows.split(",") if t], carry_bf16=carry)
+        rows = build_rows(tricks, carry_bf16=carry)
         print(f"\ncumulative tricks table: {len(rows)} rows, {rounds} interleaved rounds"
               + ("" if args.no_isolate else ", one process per row"))
         table = run_table(cfg, rows, rounds=rounds, block_seconds=block_seconds, warmup=warmup,
