@@ -45,10 +45,14 @@ import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
+from collections import defaultdict  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Iterable  # noqa: E402
@@ -312,6 +316,63 @@ def device_name(device: torch.device) -> str:
 
 
 # ------------------------------------------------------------------------------------- a table row
+class ClockSampler:
+    """The GPU's SM clock (MHz) and board power (W), read with nvidia-smi every `interval` seconds in a thread
+    while a row is being timed, and filed under that row. MFU divides by a peak specified at one clock (989
+    TFLOP/s at 1830 MHz on an H100); a card at its power limit runs below it, and this shows by how much.
+    Off (enabled=False, a CPU run) or without nvidia-smi it records nothing."""
+
+    QUERY = ("nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits")
+
+    def __init__(self, gpu_index: int = 0, interval: float = 0.5, command: Iterable[str] | None = None,
+                 enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.command = list(command) if command is not None else [*self.QUERY, f"--id={gpu_index}"]
+        self.interval = interval
+        self.label: Any = None  # what is being timed now; None between blocks
+        self.samples: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def parse(text: str) -> tuple[float, float] | None:
+        """'1656, 695.32' -> (1656.0, 695.32); anything else (N/A, an error) -> None."""
+        try:
+            clock, power = (float(v) for v in text.strip().splitlines()[0].split(","))
+        except (ValueError, IndexError):
+            return None
+        return clock, power
+
+    def _sample_forever(self) -> None:
+        while not self._stop.wait(self.interval):
+            label = self.label
+            if label is None:
+                continue
+            try:
+                out = subprocess.run(self.command, capture_output=True, text=True, timeout=5).stdout
+            except (OSError, subprocess.SubprocessError):
+                return  # no reading this time means none later either: stop quietly
+            value = self.parse(out)
+            if value is not None and self.label == label:  # still the same block
+                self.samples[label].append(value)
+
+    def __enter__(self) -> "ClockSampler":
+        if self.enabled and shutil.which(self.command[0]):
+            self._thread = threading.Thread(target=self._sample_forever, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def summary(self, label: Any) -> dict[str, float | None]:
+        values = self.samples.get(label) or []
+        return {"sm_clock_mhz": _median([c for c, _ in values]) if values else None,
+                "power_w": _median([p for _, p in values]) if values else None, "clock_samples": len(values)}
+
+
 class RowRunner:
     """One table row: model, optimizer and schedule built with the row's tricks, and its training step."""
 
@@ -489,6 +550,8 @@ def run_table(cfg: BenchConfig, rows: list[Row], *, rounds: int = 2, block_secon
     errors: list[str | None] = [None] * len(rows)
     finals: list[dict | None] = [None] * len(rows)
     per_step: list[list[float]] = [[math.nan] * len(rows) for _ in range(rounds)]
+    # on a GPU, the clock and power while each row is timed (the GPU's index as the process sees it)
+    clocks = ClockSampler(device.index or 0, enabled=device.type == "cuda")
     try:
         for i, row in enumerate(rows):
             handle = WorkerRow(cfg, row) if isolate else LocalRow(cfg, row)
@@ -510,18 +573,23 @@ def run_table(cfg: BenchConfig, rows: list[Row], *, rounds: int = 2, block_secon
             extra = f", compile {info['compile_s']:.1f}s" if info["compile_s"] is not None else ""
             log(f"  ready: {row.name:<34} vocab {info['vocab']}, AdamW {info['optimizer']}, "
                 f"warm-up step {1000 * step_s:.0f} ms{extra} -> {steps} step(s)/block")
-        for r in range(rounds):
-            order = range(len(rows)) if r % 2 == 0 else reversed(range(len(rows)))
-            for i in order:
-                if errors[i] is not None:
-                    continue
-                steps, rewarm = plans[i]
-                try:
-                    per_step[r][i] = handles[i].block(steps, rewarm) / steps
-                except Exception as exc:  # noqa: BLE001
-                    errors[i] = f"{type(exc).__name__}: {exc}".strip()
-                    log(f"  FAILED: {rows[i].name}: {errors[i].splitlines()[-1]}")
-            log(f"  round {r + 1}/{rounds}: " + ", ".join(_fmt(1000 * s, ".0f") for s in per_step[r]) + " ms/step")
+        with clocks:
+            for r in range(rounds):
+                order = range(len(rows)) if r % 2 == 0 else reversed(range(len(rows)))
+                for i in order:
+                    if errors[i] is not None:
+                        continue
+                    steps, rewarm = plans[i]
+                    clocks.label = i
+                    try:
+                        per_step[r][i] = handles[i].block(steps, rewarm) / steps
+                    except Exception as exc:  # noqa: BLE001
+                        errors[i] = f"{type(exc).__name__}: {exc}".strip()
+                        log(f"  FAILED: {rows[i].name}: {errors[i].splitlines()[-1]}")
+                    finally:
+                        clocks.label = None
+                log(f"  round {r + 1}/{rounds}: " + ", ".join(_fmt(1000 * s, ".0f") for s in per_step[r])
+                    + " ms/step")
         for i, h in enumerate(handles):
             if errors[i] is None:
                 finals[i] = h.finish()
@@ -556,7 +624,7 @@ def run_table(cfg: BenchConfig, rows: list[Row], *, rounds: int = 2, block_secon
             "rss_after_import_mb": info.get("rss_after_import_mb") if isolate else None,
             "compile_s": info.get("compile_s"), "first_step_s": info.get("first_step_s"),
             "steps_per_block": plans[i][0], "rewarm_step": plans[i][1], "steps": final.get("steps"),
-            "final_loss": final.get("final_loss"), "params": info.get("params"),
+            "final_loss": final.get("final_loss"), "params": info.get("params"), **clocks.summary(i),
         })
     return results
 
@@ -763,13 +831,15 @@ def _fmt(value: float | None, spec: str, none: str = "n/a") -> str:
 
 
 def table_markdown(rows: list[dict], env: dict) -> str:
-    lines = ["| # | row | vocab | AdamW | ms/step | speedup vs prev. | vs baseline | tokens/s | MFU | peak mem (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    clocks = any(r.get("sm_clock_mhz") is not None for r in rows)  # measured on GPUs with nvidia-smi
+    lines = ["| # | row | vocab | AdamW | ms/step | speedup vs prev. | vs baseline | tokens/s | MFU | peak mem (MB) |"
+             + (" SM clock (MHz) | power (W) |" if clocks else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if clocks else "")]
     for i, r in enumerate(rows):
         name = r["name"]
         if r.get("error"):
             lines.append(f"| {i} | {name} | {r['vocab']} | {r['optimizer'] or '-'} | failed: "
-                         f"{r['error'].splitlines()[-1][:80]} | - | - | - | - | - |")
+                         f"{r['error'].splitlines()[-1][:80]} | - | - | - | - | - |" + (" - | - |" if clocks else ""))
             continue
         if r["key"] == "tf32" and not env.get("tf32_changes_matmuls", True):
             name += " (no-op here: results bit-identical)"
@@ -780,7 +850,8 @@ def table_markdown(rows: list[dict], env: dict) -> str:
         mfu = _fmt(100 * r["mfu"] if r["mfu"] is not None else None, ".1f") + ("%" if r["mfu"] is not None else "")
         lines.append(f"| {i} | {name} | {r['vocab']} | {r['optimizer']} | {r['ms_per_step']:.0f} | {prev} | "
                      f"{base} | {r['tokens_per_s']:,.0f} | {mfu} | "
-                     f"{_fmt(r['peak_memory_mb'], ',.0f')} |")
+                     f"{_fmt(r['peak_memory_mb'], ',.0f')} |"
+                     + (f" {_fmt(r.get('sm_clock_mhz'), '.0f')} | {_fmt(r.get('power_w'), '.0f')} |" if clocks else ""))
     return "\n".join(lines)
 
 

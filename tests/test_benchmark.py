@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,34 @@ def test_row_in_its_own_process_reports_memory():
     assert r["steps"] == 1 + int(r["rewarm_step"]) + r["steps_per_block"]  # warm-up, re-warm?, timed
     assert r["peak_memory_mb"] > r["rss_after_import_mb"] > 0
     assert r["memory_kind"] in ("peak_rss_since_warmup", "peak_rss_lifetime")
+
+
+def test_clock_sampler_files_readings_under_the_row_being_timed():
+    """On a GPU the table records the SM clock and power while each row is timed (nvidia-smi's CSV output);
+    here a stand-in command prints what nvidia-smi prints."""
+    assert bench.ClockSampler.parse("1656, 695.32\n") == (1656.0, 695.32)
+    assert bench.ClockSampler.parse("[N/A], [N/A]") is None and bench.ClockSampler.parse("") is None
+    fake = [sys.executable, "-c", "print('1656, 695.32')"]
+    with bench.ClockSampler(command=fake, interval=0.02) as clocks:
+        time.sleep(0.2)  # nothing is being timed: nothing is recorded
+        clocks.label = 3
+        deadline = time.time() + 20
+        while not clocks.samples.get(3) and time.time() < deadline:
+            time.sleep(0.05)
+        clocks.label = None
+    assert clocks.summary(3)["sm_clock_mhz"] == 1656.0 and clocks.summary(3)["power_w"] == 695.32
+    assert set(clocks.samples) == {3} and clocks.summary(0) == {"sm_clock_mhz": None, "power_w": None,
+                                                               "clock_samples": 0}
+    with bench.ClockSampler(command=fake, interval=0.02, enabled=False) as off:  # a CPU run
+        off.label = 0
+        time.sleep(0.2)
+    assert not off.samples
+
+
+def test_table_shows_clock_columns_only_when_measured(table):
+    assert all(r["sm_clock_mhz"] is None for r in table)  # CPU: no sampler runs
+    assert "SM clock" not in bench.table_markdown(table, {})
+    with_clocks = [{**r, "sm_clock_mhz": 1656.0, "power_w": 695.0} for r in table]
+    header, rule, first = bench.table_markdown(with_clocks, {}).splitlines()[:3]
+    assert header.endswith("| SM clock (MHz) | power (W) |") and first.endswith("| 1656 | 695 |")
+    assert header.count("|") == rule.count("|") == first.count("|")
