@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from mugpt.callbacks import DivergenceGuard
 from mugpt.data import FixedWindows, RandomWindows
 from mugpt.distributed import build_strategy, check_strategy, world_size
+from mugpt.inspection import evaluate_loss, load_run, validation_batches
 from mugpt.model import Block
 from mugpt.training import accumulation_steps, train
 
@@ -285,3 +286,19 @@ def test_lightning_fsdp_on_one_gpu_trains_like_single_device(make_cfg):
     sharded = train(make_cfg(*common, "trainer=fsdp"))
     assert single["status"] == sharded["status"] == "completed"
     assert sharded["val_loss"] == pytest.approx(single["val_loss"], abs=2e-3)
+
+
+def test_a_ddp_runs_logged_validation_loss_is_reproduced_from_its_checkpoint(tmp_path, cache_dir):
+    """Two processes each validated half of every global batch; re-evaluating the checkpoint in one process
+    must read the same windows (data.val_batches global batches) and give the logged loss."""
+    run = tmp_path / "run"
+    proc = run_train_cli([*DDP_RUN, "data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                          "checkpoint.every_n_steps=8", f"hydra.run.dir={run}"], tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    loaded = load_run(run, "cpu")
+    assert loaded.processes == 2 and loaded.step == 8
+    val_batches = loaded.config.data.val_batches
+    batches = validation_batches(loaded, val_batches)
+    assert len(batches) == 2 * val_batches and all(x.shape == (4, 32) for x, _ in batches)
+    assert evaluate_loss(loaded.model, batches) == pytest.approx(summary["val_loss"], rel=1e-5)

@@ -65,13 +65,19 @@ class LoadedRun:
         base = f", base {p['base_width']}" if p.get("base_width") else ""
         return f"{p['name']}{base}, width {m['width']}, step {self.step}"
 
+    def _summary(self) -> dict:
+        path = self.run_dir / SUMMARY_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
     def logged_val_loss(self) -> float | None:
         """The run's final validation loss from summary.json, when the run wrote one."""
-        path = self.run_dir / SUMMARY_FILE
-        if not path.is_file():
-            return None
-        value = json.loads(path.read_text()).get("val_loss")
+        value = self._summary().get("val_loss")
         return float(value) if value is not None and math.isfinite(float(value)) else None
+
+    @property
+    def processes(self) -> int:
+        """How many processes trained the run (DDP/FSDP); each validated its share of every global batch."""
+        return int(self._summary().get("processes") or 1)
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -149,14 +155,15 @@ def tokenizer_for(model_hparams: Mapping[str, Any]) -> str:
 
 # -------------------------------------------------------------------------------------- validation
 def validation_batches(run: LoadedRun, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`batches` validation batches built as training builds them (evenly spaced windows of the val split,
-    data.batch_size each), on the model's device. With batches = the run's data.val_batches they are exactly
-    the batches its logged validation loss was measured on."""
+    """`batches` global validation batches built as training builds them (evenly spaced windows of the val
+    split), on the model's device, as data.batch_size-sized pieces: a run of P processes validated on P of them
+    per global batch. With batches = the run's data.val_batches they are exactly the windows its logged
+    validation loss was measured on."""
     from mugpt.training import build_datamodule  # Lightning and Hydra: only when data is wanted
 
     if not isinstance(batches, int) or batches <= 0:
         raise ValueError(f"batches={batches}: must be a positive integer")
-    data = {**OmegaConf.to_container(run.data_config, resolve=True), "val_batches": batches}
+    data = {**OmegaConf.to_container(run.data_config, resolve=True), "val_batches": batches * run.processes}
     cfg = OmegaConf.create({"model": {"block_size": run.model.config.block_size}, "data": data})
     datamodule = build_datamodule(cfg)
     datamodule.setup("validate")
