@@ -87,6 +87,14 @@ def test_pipeline_transfers_the_donors_best_and_skips_diverged_donors(tmp_path):
     assert not any("parametrization=sp" in c and any(o.startswith("parametrization.output_mult") for o in c)
                    for c in calls)
     assert result["parametrizations"]["mup"]["donor_best"] == ["lr_log2=-7", "parametrization.output_mult=1"]
+    # nested spaces (as conf/mutransfer.yaml writes them) merge key by key: µP's own model option adds to the
+    # shared model option instead of replacing it
+    calls.clear()
+    nested = {"search": {"lr_log2": [-7], "model": {"init_std": [0.02, 0.04]}},
+              "search_by_parametrization": {"mup": {"model": {"dropout": [0.0, 0.1]}}}}
+    run_pipeline(OmegaConf.merge(cfg, nested), fake_run)
+    mup_donors = [c for c in calls if "model.width=32" in c and "parametrization=mup" in c]
+    assert len(mup_donors) == 4 and all(any(o.startswith("model.init_std=") for o in c) for c in mup_donors)
     # the settings the report draws each donor curve at: all searched keys but the learning rate
     assert chosen_settings(result) == (["parametrization.output_mult"], {"sp": {}, "mup": {"parametrization.output_mult": 1}})
 

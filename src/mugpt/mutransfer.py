@@ -255,7 +255,8 @@ def run_pipeline(cfg: Any, run: Any, check: Any = None) -> dict:
     base = [f"+experiment={cfg.training_experiment}", f"parametrization.base_width={cfg.donor_width}", *cfg.overrides]
     result: dict[str, Any] = {"donor_width": int(cfg.donor_width), "target_width": int(cfg.target_width),
                               "parametrizations": {}}
-    plans = {param: grid({**shared, **(own.get(param) or {})}) for param in cfg.parametrizations}
+    # merged key by key: µP's `model.x` must not replace the shared search's whole `model` subtree
+    plans = {param: grid({**_flatten(shared), **_flatten(own.get(param) or {})}) for param in cfg.parametrizations}
     if check is not None:  # a target that cannot be built must not be found after an hour of donor runs
         for param, combos in plans.items():
             for overrides in ([*base, f"parametrization={param}", f"model.width={cfg.donor_width}", *combo]
