@@ -159,6 +159,8 @@ def test_data_shards_of_two_processes_are_one_process_batches():
 DDP_RUN = ["+experiment=smoke", "parametrization=mup", "parametrization.base_width=32", "data.tokenizer=byte",
            "trainer.max_steps=8", "eval_every=8", "logger=csv", "trainer.enable_progress_bar=false",
            "trainer.enable_model_summary=false", "checkpoint.every_n_steps=0"]
+# the same run on two CPU processes (gloo), 4 sequences each: the global batch of 8 of the one-process run
+TWO_CPU_PROCESSES = ["data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 def test_lightning_ddp_two_cpu_processes_match_one_process(tmp_path, cache_dir):
@@ -167,8 +169,7 @@ def test_lightning_ddp_two_cpu_processes_match_one_process(tmp_path, cache_dir):
     one, two = tmp_path / "one", tmp_path / "two"
     proc = run_train_cli([*DDP_RUN, "data.batch_size=8", f"hydra.run.dir={one}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_train_cli([*DDP_RUN, "data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                     f"hydra.run.dir={two}"], tmp_path, cache_dir)
+    proc = run_train_cli([*DDP_RUN, *TWO_CPU_PROCESSES, f"hydra.run.dir={two}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single, ddp = (json.loads((d / "summary.json").read_text()) for d in (one, two))
     assert single["status"] == ddp["status"] == "completed"
@@ -183,9 +184,8 @@ def test_multirun_of_ddp_jobs_runs_each_job_once(tmp_path, cache_dir):
     Each job's second rank must run that job only, in that job's directory, and the next job must start
     its own processes."""
     sweep = tmp_path / "sweep"
-    proc = run_train_cli(["-m", *DDP_RUN, "trainer.max_steps=4", "eval_every=4", "data.batch_size=4", "trainer=ddp",
-                     "trainer.accelerator=cpu", "trainer.devices=2", "optim.lr=0.01,0.02", f"hydra.sweep.dir={sweep}"],
-                    tmp_path, cache_dir)
+    proc = run_train_cli(["-m", *DDP_RUN, *TWO_CPU_PROCESSES, "trainer.max_steps=4", "eval_every=4",
+                          "optim.lr=0.01,0.02", f"hydra.sweep.dir={sweep}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
@@ -226,8 +226,8 @@ def test_divergence_guard_stops_every_process_at_the_first_bad_step_any_saw():
 
 def test_lightning_ddp_run_that_diverges_stops_both_processes(tmp_path, cache_dir):
     run = tmp_path / "run"
-    proc = run_train_cli([*DDP_RUN, "data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                          "max_loss=1.0", "trainer.log_every_n_steps=2", f"hydra.run.dir={run}"], tmp_path, cache_dir)
+    proc = run_train_cli([*DDP_RUN, *TWO_CPU_PROCESSES, "max_loss=1.0", "trainer.log_every_n_steps=2",
+                          f"hydra.run.dir={run}"], tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["status"], summary["processes"]) == ("diverged", 2)
@@ -292,8 +292,8 @@ def test_a_ddp_runs_logged_validation_loss_is_reproduced_from_its_checkpoint(tmp
     """Two processes each validated half of every global batch; re-evaluating the checkpoint in one process
     must read the same windows (data.val_batches global batches) and give the logged loss."""
     run = tmp_path / "run"
-    proc = run_train_cli([*DDP_RUN, "data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                          "checkpoint.every_n_steps=8", f"hydra.run.dir={run}"], tmp_path, cache_dir)
+    proc = run_train_cli([*DDP_RUN, *TWO_CPU_PROCESSES, "checkpoint.every_n_steps=8", f"hydra.run.dir={run}"],
+                         tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     loaded = load_run(run, "cpu")
