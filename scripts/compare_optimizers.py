@@ -77,23 +77,20 @@ def step_to_target(history: list[tuple[int, float]], target: float) -> float:
 
 def state_bytes_per_param(name: str, lr: float, args: argparse.Namespace) -> float:
     """Optimizer state of this optimizer on this model after one step, in bytes per parameter."""
-    from mugpt.model import GPTConfig
-    from mugpt.optim import build_optimizer, optimizer_state_bytes
-    from mugpt.parametrization import get_parametrization
+    from mugpt.optim import optimizer_state_bytes
+    from mugpt.recipe import Recipe, train_step
 
     cfg = default_optim(name)
     cfg.lr = lr
     options = {"name": args.parametrization, **({"base_width": args.width} if args.parametrization == "mup" else {})}
-    par = get_parametrization(options)
-    model = par.build_model(GPTConfig(vocab_size=256, block_size=args.block_size, width=args.width,
-                                      n_layer=args.n_layer, n_head=args.n_head))
+    recipe = Recipe.from_config(dict(vocab_size=256, block_size=args.block_size, width=args.width,
+                                     n_layer=args.n_layer, n_head=args.n_head), options, cfg)
     device = "cuda" if name == "adam8bit" and torch.cuda.is_available() else "cpu"
-    model.to(device)
-    opt = build_optimizer(par.param_groups(model, cfg.lr, cfg.weight_decay, optimizer=name), cfg, on_cuda=device == "cuda")
+    model = recipe.build_model(device)
+    optimizer, _ = recipe.build_optimizer(model, max_steps=1, on_cuda=device == "cuda")
     x = torch.randint(0, 256, (2, args.block_size + 1), device=device)
-    model(x[:, :-1], x[:, 1:].contiguous())[1].backward()
-    opt.step()
-    return optimizer_state_bytes(opt)["bytes_per_param"]
+    train_step(model, optimizer, None, [(x[:, :-1], x[:, 1:].contiguous())], grad_clip=recipe.grad_clip)
+    return optimizer_state_bytes(optimizer)["bytes_per_param"]
 
 
 def default_optim(name: str) -> DictConfig:

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from mugpt.model import GPTConfig
 from mugpt.optim import (
-    OPTIMIZERS, MuonWithAdamW, _adam8bit_backend, build_optimizer, build_scheduler, check_optimizer, check_schedule,
+    OPTIMIZERS, MuonWithAdamW, mup_family, _adam8bit_backend, build_optimizer, build_scheduler, check_optimizer, check_schedule,
     lr_factor, optimizer_state_bytes,
 )
 from mugpt.parametrization import MaximalUpdateParametrization, get_parametrization
@@ -101,7 +101,7 @@ def tiny(width=64):
 
 
 def sp_optimizer(model, cfg, device="cpu"):
-    groups = get_parametrization({"name": "sp"}).param_groups(model, cfg.lr, cfg.weight_decay, optimizer=cfg.name)
+    groups = get_parametrization({"name": "sp"}).param_groups(model, cfg.lr, cfg.weight_decay, family=mup_family(cfg.name))
     return build_optimizer(groups, cfg, on_cuda=device == "cuda")
 
 
@@ -160,7 +160,7 @@ def test_mup_per_group_learning_rates_at_four_times_base_width(name):
     p = get_parametrization({"name": "mup", "base_width": 64})
     model = p.build_model(tiny(256))
     cfg = optim_cfg(name)
-    groups = p.param_groups(model, cfg.lr, cfg.weight_decay, optimizer=name)
+    groups = p.param_groups(model, cfg.lr, cfg.weight_decay, family=mup_family(name))
     # adam8bit cannot be built here: its groups are what the 8-bit AdamW would be given
     param_groups = groups if name == "adam8bit" and not HAS_8BIT else build_optimizer(groups, cfg).param_groups
     group_of = {id(q): g for g in param_groups for q in g["params"]}
@@ -200,7 +200,7 @@ def test_mup_effective_first_step_is_lr_times_rule(name, gain):
     p = get_parametrization({"name": "mup", "base_width": 64})
     model = p.build_model(tiny(256))
     cfg = optim_cfg(name, weight_decay=0.0)
-    opt = build_optimizer(p.param_groups(model, cfg.lr, 0.0, optimizer=name), cfg)
+    opt = build_optimizer(p.param_groups(model, cfg.lr, 0.0, family=mup_family(name)), cfg)
     delta, grads = first_step(model, opt)
     for pname, d in delta.items():
         moved = d[grads[pname].abs() > 1e-6].abs()
@@ -237,7 +237,7 @@ def test_muon_step_on_hidden_matrices_does_not_shrink_with_width():
         torch.manual_seed(0)
         p = get_parametrization({"name": "mup", "base_width": 64})
         model = p.build_model(tiny(width))
-        delta, _ = first_step(model, build_optimizer(p.param_groups(model, cfg.lr, 0.0, optimizer="muon"), cfg))
+        delta, _ = first_step(model, build_optimizer(p.param_groups(model, cfg.lr, 0.0, family="muon"), cfg))
         norms[width] = {n: torch.linalg.matrix_norm(d, ord=2).item() for n, d in delta.items() if n.endswith(HIDDEN)}
     for pname, small in norms[64].items():
         aspect = {"qkv.weight": 3, "fc.weight": 4}.get(pname.split(".", 3)[-1], 1)
@@ -258,7 +258,7 @@ def test_muon_wrapper_is_one_optimizer_for_schedulers_and_checkpoints():
         p = get_parametrization({"name": "mup", "base_width": 64})
         model = p.build_model(tiny(64))
         cfg = optim_cfg("muon", warmup_steps=2)
-        opt = build_optimizer(p.param_groups(model, cfg.lr, cfg.weight_decay, optimizer="muon"), cfg)
+        opt = build_optimizer(p.param_groups(model, cfg.lr, cfg.weight_decay, family="muon"), cfg)
         return model, opt, build_scheduler(opt, cfg, 10), cfg
 
     def train(model, opt, sch, steps, seed):
@@ -296,16 +296,21 @@ def test_muon_wrapper_is_one_optimizer_for_schedulers_and_checkpoints():
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=n)
 
 
-def test_muon_under_sp_finds_hidden_matrices_by_name():
-    model = get_parametrization({"name": "sp"}).build_model(tiny())
+@pytest.mark.parametrize("tie", [True, False])
+def test_muon_under_sp_takes_the_groups_of_kind_hidden(tie):
+    model = get_parametrization({"name": "sp"}).build_model(GPTConfig(**{**tiny().to_dict(), "tie_embeddings": tie}))
     cfg = optim_cfg("muon")
-    groups = get_parametrization({"name": "sp"}).param_groups(model, cfg.lr, cfg.weight_decay, optimizer="muon")
-    opt = build_optimizer(groups, cfg)  # SP's groups carry names: embeddings and head go to AdamW
+    groups = get_parametrization({"name": "sp"}).param_groups(model, cfg.lr, cfg.weight_decay, family="muon")
+    opt = build_optimizer(groups, cfg)  # embeddings, the readout and vectors go to AdamW
     muon_names = {n for g in opt.muon.param_groups for n in g["param_names"]}
     assert muon_names == {n for n, _ in model.named_parameters() if n.endswith(HIDDEN)}
-    unnamed = [{k: v for k, v in g.items() if k != "param_names"} for g in groups]
-    with pytest.raises(ValueError, match="optim.name=muon: cannot tell hidden matrices from embeddings"):
-        build_optimizer(unnamed, cfg)
+    adamw_names = {n for g in opt.adamw.param_groups for n in g["param_names"]}
+    assert ("lm_head.weight" in adamw_names) is not tie  # tied: the readout is tok_emb.weight
+    assert {g["kind"] for g in opt.adamw.param_groups} == ({"embedding", "vector"} | (set() if tie else {"readout"}))
+    assert all(g["lr"] == pytest.approx(cfg.adamw_lr) for g in opt.adamw.param_groups)
+    unkinded = [{k: v for k, v in g.items() if k != "kind"} for g in groups]
+    with pytest.raises(ValueError, match="optim.name=muon: every parameter group needs a 'kind'"):
+        build_optimizer(unkinded, cfg)
 
 
 @pytest.mark.parametrize(
@@ -318,7 +323,7 @@ def test_options_that_break_mup_are_refused_under_mup_only(name, kw, match):
     p = get_parametrization({"name": "mup", "base_width": 64})
     model = p.build_model(tiny(128))
     with pytest.raises(ValueError, match=match):
-        build_optimizer(p.param_groups(model, cfg.lr, cfg.weight_decay, optimizer=name), cfg)
+        build_optimizer(p.param_groups(model, cfg.lr, cfg.weight_decay, family=mup_family(name)), cfg)
     sp_optimizer(get_parametrization({"name": "sp"}).build_model(tiny()), cfg)  # fine under SP
 
 

@@ -96,7 +96,7 @@ def test_output_multiplier_divides_by_width_and_applies_in_generate():
 def test_mup_adam_learning_rates_per_group():
     width = 4 * BASE
     model = mup().build_model(config(width))
-    groups = mup_groups = mup().param_groups(model, lr=1e-2, weight_decay=0.1, optimizer="adamw")
+    groups = mup_groups = mup().param_groups(model, lr=1e-2, weight_decay=0.1, family="adam")
     names = {n for n, _ in model.named_parameters()}
     by_param = {id(p): g for g in mup_groups for p in g["params"]}
     lookup = dict(model.named_parameters())
@@ -111,6 +111,8 @@ def test_mup_adam_learning_rates_per_group():
         else:
             assert g["weight_decay"] == 0.0, name
     assert {g["name"] for g in groups} == {"hidden_x0.25", "embedding_x1", "vector_no_decay_x1"}
+    assert {g["kind"] for g in groups} == {"hidden", "embedding", "vector"}
+    assert {g["parametrization"] for g in groups} == {"mup"}
 
 
 def test_embedding_lr_mult_scales_the_tables_only():
@@ -132,7 +134,7 @@ def test_mup_sgd_learning_rates_follow_mup_rules():
     assert rule(model.infshapes["blocks.0.attn.qkv.weight"], "sgd") == pytest.approx(1.0)  # fan_in/fan_out ratio 1
     assert rule(model.infshapes["tok_emb.weight"], "sgd") == pytest.approx(4.0)  # vector-like: lr·m
     assert rule(model.infshapes["blocks.0.ln_1.weight"], "sgd") == pytest.approx(4.0)
-    assert rule(model.infshapes["blocks.0.attn.qkv.weight"], "adamw") == pytest.approx(0.25)
+    assert rule(model.infshapes["blocks.0.attn.qkv.weight"], "adam") == pytest.approx(0.25)
 
 
 def test_sp_is_untouched():
@@ -142,9 +144,10 @@ def test_sp_is_untouched():
     assert model.blocks[0].attn.scale == pytest.approx(1 / math.sqrt(64))
     assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.03)
     groups = get_parametrization({"name": "sp"}).param_groups(model, lr=1e-3, weight_decay=0.1)
-    assert [g["lr"] for g in groups] == [1e-3, 1e-3]
-    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
-    assert all(p.dim() >= 2 for p in groups[0]["params"]) and all(p.dim() == 1 for p in groups[1]["params"])
+    assert {g["kind"]: (g["lr"], g["weight_decay"]) for g in groups} == {
+        "embedding": (1e-3, 0.1), "hidden": (1e-3, 0.1), "vector": (1e-3, 0.0)}
+    for g in groups:  # decay exactly the ≥2-D weights
+        assert all((p.dim() >= 2) == (g["weight_decay"] > 0) for p in g["params"]), g["name"]
 
 
 def test_mup_survives_deepcopy_and_checkpoint_roundtrip():
@@ -181,11 +184,41 @@ def test_bad_mup_options_are_rejected(options, match):
         mup(**options).build_model(config(128))
 
 
-def test_optimizer_without_mup_rule_is_rejected():
+def test_optimizer_family_without_mup_rule_is_rejected():
     p = mup()
     model = p.build_model(config(128))
-    with pytest.raises(ValueError, match="optim.name=lion: parametrization=mup has no learning-rate rule"):
-        p.param_groups(model, 1e-3, 0.0, optimizer="lion")
+    with pytest.raises(ValueError, match="parametrization=mup has no learning-rate rule for the optimizer family 'lion'"):
+        p.param_groups(model, 1e-3, 0.0, family="lion")
+
+
+def test_every_optimizer_declares_a_family_with_a_mup_rule():
+    from mugpt.optim import OPTIMIZERS
+    from mugpt.parametrization import MUP_FAMILIES
+
+    assert {name: spec.mup_family for name, spec in OPTIMIZERS.items()} == {
+        "adamw": "adam", "adam": "adam", "sgd": "sgd", "adagrad": "adam", "rmsprop": "adam", "adafactor": "adam",
+        "adam8bit": "adam", "muon": "muon"}
+    assert set(MUP_FAMILIES) == {spec.mup_family for spec in OPTIMIZERS.values()}
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"name": "sp", "base_witdh": 64}, "parametrization.base_witdh: not an option of parametrization=sp"),
+    ({"name": "mup", "base_witdh": 64}, "parametrization.base_witdh: not an option of parametrization=mup"),
+])
+def test_unknown_parametrization_options_are_rejected(options, match):
+    with pytest.raises(ValueError, match=match):
+        get_parametrization(options)
+    # µP's options under SP are ignored: `parametrization=sp,mup parametrization.base_width=64` is one sweep
+    assert get_parametrization({"name": "sp", "base_width": 64, "output_mult": 2.0}).name == "sp"
+
+
+def test_param_kind():
+    from mugpt.parametrization import param_kind
+
+    assert [param_kind(n, d) for n, d in [("tok_emb.weight", 2), ("pos_emb.weight", 2), ("lm_head.weight", 2),
+                                          ("blocks.0.mlp.fc.weight", 2), ("blocks.0.mlp.fc.bias", 1),
+                                          ("ln_f.weight", 1)]] == [
+        "embedding", "embedding", "readout", "hidden", "vector", "vector"]
 
 
 def test_unknown_parametrization_is_rejected():

@@ -31,8 +31,8 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from mugpt.model import GPT, GPTConfig
-from mugpt.optim import build_optimizer, build_scheduler
-from mugpt.parametrization import get_parametrization
+from mugpt.parametrization import get_parametrization, parametrization_class
+from mugpt.recipe import Recipe, train_step
 
 log = logging.getLogger(__name__)
 
@@ -140,38 +140,28 @@ def _as_config(cfg: Any) -> DictConfig:
 def trace_one(parametrization: Mapping[str, Any], model_config: GPTConfig, optim_cfg: Any,
               train_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], probe: torch.Tensor, steps: int,
               seed: int, device: str = "cpu") -> list[dict[str, float]]:
-    """Build one model (init seeded by `seed`), then measure on `probe` after 0, 1, ..., steps-1 updates.
+    """Build one model (init seeded by `seed`), then measure on `probe` after 0, 1, ..., steps-1 updates, each
+    update the trainer's own step (mugpt.recipe.train_step).
 
     Returns one {module: l1} dict per step. Update t uses train_batches[t]."""
     if len(train_batches) < steps - 1:
         raise ValueError(f"{steps} steps need {steps - 1} training batches, got {len(train_batches)}")
-    optim_cfg = _as_config(optim_cfg)
+    recipe = Recipe(model_config, dict(parametrization), optim_cfg)
     torch.manual_seed(seed)
-    param = get_parametrization(parametrization)
-    model = param.build_model(model_config).to(device)
+    model = recipe.build_model(device)
     model.train()
-    groups = param.param_groups(model, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay,
-                                optimizer=optim_cfg.name)
-    optimizer = build_optimizer(groups, optim_cfg, on_cuda=str(device).startswith("cuda"))
-    scheduler = build_scheduler(optimizer, optim_cfg, max(steps - 1, 1))
-    clip = optim_cfg.get("grad_clip") or 0.0
+    optimizer, scheduler = recipe.build_optimizer(model, max(steps - 1, 1), on_cuda=str(device).startswith("cuda"))
     probe = probe.to(device)
     trace = []
     for t in range(steps):
         trace.append(measure(model, probe))
         if t == steps - 1:
             break
-        x, y = (b.to(device) for b in train_batches[t])
-        _, loss = model(x, y)
+        batch = tuple(b.to(device) for b in train_batches[t])
+        loss = train_step(model, optimizer, scheduler, [batch], grad_clip=recipe.grad_clip).loss
         if not torch.isfinite(loss):
             log.warning("%s width=%d seed=%d: loss is %s at step %d", parametrization["name"],
                         model_config.width, seed, loss.item(), t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        scheduler.step()
     return trace
 
 
@@ -188,10 +178,8 @@ def plan_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Ma
     configs = [GPTConfig(**{**model_fields, "vocab_size": vocab_size, "width": w}) for w in widths]
     plans = {}
     for label, options in parametrizations.items():
-        options = dict(options)
-        if options.get("name") == "mup" and options.get("base_width") is None:
-            options["base_width"] = widths[0]
-        get_parametrization(options)
+        options = parametrization_class(options["name"]).options_for_widths(dict(options), widths)
+        get_parametrization(options)  # refuses a bad option before any model trains
         plans[label] = options
     return configs, plans
 

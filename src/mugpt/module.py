@@ -1,37 +1,30 @@
 """The LightningModule: training/validation steps, metrics and the optimizer wiring.
 
-Model construction and learning-rate rules are delegated to `mugpt.parametrization`, the optimizer and
-schedule to `mugpt.optim`, so this file only says what happens at each step.
+The model, its parameter groups, optimizer and schedule come from `mugpt.recipe.Recipe` (the one place they
+are assembled), so this file only says what happens at each step.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MeanMetric
 
 from mugpt.model import GPT, GPTConfig
-from mugpt.optim import build_optimizer, build_scheduler, clip_gradients_, lr_factor
-from mugpt.parametrization import get_parametrization
-
-
-def _plain(cfg: Any) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+from mugpt.optim import clip_gradients_, lr_factor
+from mugpt.recipe import Recipe, plain_dict
 
 
 class GPTLightningModule(L.LightningModule):
     def __init__(self, model: dict, parametrization: dict, optim: dict, compile_mode: str | None = None) -> None:
         super().__init__()
-        model, parametrization, optim = _plain(model), _plain(parametrization), _plain(optim)
+        model, parametrization, optim = plain_dict(model), plain_dict(parametrization), plain_dict(optim)
         self.save_hyperparameters({"model": model, "parametrization": parametrization, "optim": optim,
                                    "compile_mode": compile_mode})
-        self.optim_cfg = OmegaConf.create(optim)
-        self.parametrization = get_parametrization(parametrization)
-        self.model: GPT = self.parametrization.build_model(GPTConfig(**model))
+        self.recipe = Recipe(GPTConfig(**model), parametrization, optim)
+        self.optim_cfg = self.recipe.optim
+        self.model: GPT = self.recipe.build_model()
         # The (compiled) forward is kept off the module tree (in __dict__, past nn.Module's registration), so that
         # checkpoints hold each parameter once, under its plain name: no `_orig_mod.` copy.
         self.__dict__["_forward"] = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
@@ -91,10 +84,8 @@ class GPTLightningModule(L.LightningModule):
         return max(1, self.trainer.max_steps) if self._trainer is not None else 1
 
     def configure_optimizers(self):
-        cfg = self.optim_cfg
-        groups = self.parametrization.param_groups(self.model, cfg.lr, cfg.weight_decay, optimizer=cfg.name)
-        optimizer = build_optimizer(groups, cfg, on_cuda=self.device.type == "cuda")
-        scheduler = build_scheduler(optimizer, cfg, self._max_steps())
+        optimizer, scheduler = self.recipe.build_optimizer(self.model, self._max_steps(),
+                                                           on_cuda=self.device.type == "cuda")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

@@ -4,14 +4,17 @@ Each group carries its own `lr` (the base learning rate times the parametrizatio
 `weight_decay`; schedules multiply every group by the same factor, so µP's per-group ratios survive.
 
 The optimizer zoo (optim.name): adamw, adam, sgd, adagrad, rmsprop, adafactor, adam8bit, muon. Each one takes
-the groups as given, so the µP rule for it lives in `MaximalUpdateParametrization.lr_multiplier`; what each
-optimizer does on top of that (and where that fights µP) is written next to its factory below.
+the groups as given and declares, in OPTIMIZERS, its µP family ("adam", "sgd" or "muon"): the learning-rate rule
+`MaximalUpdateParametrization.lr_multiplier` applies to it. What each optimizer does on top of that (and where
+that fights µP) is written next to its factory below. Optimizers read each group's `kind` (hidden, embedding,
+vector, readout) and `parametrization`, never parameter names or mup's `p.infshape`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -78,20 +81,50 @@ def _foreach(on_cuda: bool, cfg: Any) -> dict:
     return {"fused": use_fused or None, "foreach": None if use_fused else True}
 
 
-def _params(group: dict) -> list[torch.Tensor]:
-    return [p[1] if isinstance(p, tuple) else p for p in group["params"]]
-
-
-def _has_mup_shapes(groups: list[dict]) -> bool:
-    """µP's set_base_shapes leaves `infshape` on every parameter; SP leaves nothing."""
-    return any(hasattr(p, "infshape") for g in groups for p in _params(g))
+def _under_mup(groups: list[dict]) -> bool:
+    """Were these groups made by µP (whose per-width learning rates some optimizer options would undo)?"""
+    return any(g.get("parametrization") == "mup" for g in groups)
 
 
 # ------------------------------------------------------------------------------------ the zoo
+Factory = Callable[[list[dict], Any, bool], Optimizer]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer of the zoo: its factory (groups, optim config, on_cuda) and the µP family whose learning-rate
+    rule applies to it ("adam": entrywise-normalised steps; "sgd"; "muon": orthogonalised hidden steps)."""
+
+    factory: Factory
+    mup_family: str
+
+
+OPTIMIZERS: dict[str, OptimizerSpec] = {}
+
+
+def optimizer(name: str, mup_family: str) -> Callable[[Factory], Factory]:
+    """Register a factory as optim.name=`name`. A new optimizer is this decorator and a conf/optim/ file."""
+
+    def register(factory: Factory) -> Factory:
+        OPTIMIZERS[name] = OptimizerSpec(factory, mup_family)
+        return factory
+
+    return register
+
+
+def mup_family(name: str) -> str:
+    """The µP family of optim.name=`name` (one-line error for an unknown optimizer)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name: unknown optimizer '{name}' (choose one of {', '.join(OPTIMIZERS)})")
+    return OPTIMIZERS[name].mup_family
+
+
+@optimizer("adamw", mup_family="adam")
 def _adamw(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
 
 
+@optimizer("adam", mup_family="adam")
 def _adam(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Coupled L2: weight_decay·w is added to the gradient *before* Adam divides by sqrt(v), so a weight with
     # large gradients is hardly decayed and one with tiny gradients (rare tokens) is decayed by ~lr per step.
@@ -101,6 +134,7 @@ def _adam(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
 
 
+@optimizer("sgd", mup_family="sgd")
 def _sgd(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # µP: mup's MuSGD rules (lr_multiplier: hidden lr / (fan_in mult / fan_out mult), vector-like lr·m,
     # scalars lr). SGD's decay is L2, but for SGD that is the same as decoupled decay up to momentum, so
@@ -111,6 +145,7 @@ def _sgd(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                            **_foreach(on_cuda, cfg))
 
 
+@optimizer("adagrad", mup_family="adam")
 def _adagrad(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Entrywise g/sqrt(sum g²): Adam-like, so hidden lr/m (mup's docs say so; Tensor Programs V covers
     # Adam). Theory is silent on eps: it must stay small against hidden gradients, which shrink like 1/m,
@@ -119,6 +154,7 @@ def _adagrad(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                                initial_accumulator_value=cfg.initial_accumulator_value, foreach=True)
 
 
+@optimizer("rmsprop", mup_family="adam")
 def _rmsprop(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Adam without bias correction (and with optional heavy-ball momentum): Adam-like, hidden lr/m; the same
     # eps caveat as adagrad. Decay is coupled L2 (see adam).
@@ -126,6 +162,7 @@ def _rmsprop(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                                centered=bool(cfg.centered), foreach=True)
 
 
+@optimizer("adafactor", mup_family="adam")
 def _adafactor(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # torch's Adafactor steps a tensor W by  max(eps2, RMS(W)) · min(lr, 1/sqrt(t)) · u / max(1, RMS(u)/d),
     # u = g / sqrt(factored second moment). It has no switch for the RMS(W) factor ("relative step"), but
@@ -137,7 +174,7 @@ def _adafactor(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # cap min(lr, 1/sqrt(t)), which binds first on the groups with the largest lr and bends µP's ratios once
     # lr > 1/sqrt(step): keep lr·sqrt(max_steps) ≤ 1. Decay is decoupled (w ← w - lr·wd·w).
     relative = bool(cfg.relative_step)
-    if relative and _has_mup_shapes(groups):
+    if relative and _under_mup(groups):
         raise ValueError("optim.relative_step=true scales each step by the weight's RMS (∝ width^-1/2 for µP hidden "
                          "weights), which breaks µP's learning-rate rule: use optim.relative_step=false with parametrization=mup")
     eps2 = cfg.eps2 if relative else 1.0
@@ -163,6 +200,7 @@ def _adam8bit_backend(on_cuda: bool) -> tuple[str, type] | None:
     return None
 
 
+@optimizer("adam8bit", mup_family="adam")
 def _adam8bit(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # AdamW with both moments stored in 8 bits (block-wise quantised): Adam-like, hidden lr/m.
     _, cls = _check_adam8bit(on_cuda)
@@ -185,39 +223,21 @@ def _check_adam8bit(on_cuda: bool) -> tuple[str, type]:
 # (lr_multiplier gives Muon's hidden matrices 1). Embeddings, the readout, norms and biases go to AdamW, whose
 # µP rule for them is 1 as well. adjust_lr_fn=match_rms_adamw scales by 0.2·sqrt(max(fan_in, fan_out)), which
 # grows with width, so it is refused under µP.
-EMBEDDING_AND_HEAD = ("tok_emb", "pos_emb", "lm_head")  # this GPT's module names, used when groups carry names
-
-
-def _is_muon_param(p: torch.Tensor, name: str | None) -> bool:
-    if p.dim() != 2:
-        return False
-    if hasattr(p, "infshape"):  # µP's own definition of a hidden matrix: both dimensions grow with width
-        return p.infshape.ninf() == 2
-    if name is None:
-        raise ValueError("optim.name=muon: cannot tell hidden matrices from embeddings and the readout: the "
-                         "parameter groups carry neither µP shapes (parametrization=mup) nor 'param_names'")
-    return name.split(".")[0] not in EMBEDDING_AND_HEAD
-
-
 def split_for_muon(groups: list[dict], adamw_lr_ratio: float) -> tuple[list[dict], list[dict]]:
-    """Split each group into its Muon part (2-D hidden matrices) and its AdamW part (the rest), keeping every
-    option of the group (lr, weight_decay, µP's lr_mult); the AdamW part's lr is the group's lr × adamw_lr_ratio."""
+    """Muon takes the groups of kind `hidden` (2-D matrices both of whose dimensions grow with width), AdamW the
+    rest (embeddings, readout, vectors), each group with every option it had (lr, weight_decay, µP's lr_mult); the
+    AdamW groups' lr is the group's lr × adamw_lr_ratio."""
     muon_groups, adamw_groups = [], []
     for g in groups:
-        params = _params(g)
-        names = g.get("param_names") or [p[0] if isinstance(p, tuple) else None for p in g["params"]]
-        for is_muon, out in ((True, muon_groups), (False, adamw_groups)):
-            picked = [i for i, (p, n) in enumerate(zip(params, names)) if _is_muon_param(p, n) == is_muon]
-            if not picked:
-                continue
-            sub = {k: v for k, v in g.items() if k not in ("params", "param_names")}
-            sub["params"] = [params[i] for i in picked]
-            if any(n is not None for n in names):
-                sub["param_names"] = [names[i] for i in picked]
-            sub["name"] = f"{g.get('name', 'group')}/{'muon' if is_muon else 'adamw'}"
-            if not is_muon:
-                sub["lr"] = g["lr"] * adamw_lr_ratio
-            out.append(sub)
+        if "kind" not in g:
+            raise ValueError("optim.name=muon: every parameter group needs a 'kind' (hidden, embedding, vector or "
+                             "readout) to tell Muon's hidden matrices from the rest: build the groups with "
+                             "mugpt.parametrization")
+        is_muon = g["kind"] == "hidden"
+        sub = {**g, "name": f"{g.get('name', g['kind'])}/{'muon' if is_muon else 'adamw'}"}
+        if not is_muon:
+            sub["lr"] = g["lr"] * adamw_lr_ratio
+        (muon_groups if is_muon else adamw_groups).append(sub)
     return muon_groups, adamw_groups
 
 
@@ -263,8 +283,9 @@ class MuonWithAdamW(Optimizer):
         return loss
 
 
+@optimizer("muon", mup_family="muon")
 def _muon(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
-    if cfg.adjust_lr_fn == "match_rms_adamw" and _has_mup_shapes(groups):
+    if cfg.adjust_lr_fn == "match_rms_adamw" and _under_mup(groups):
         raise ValueError("optim.adjust_lr_fn=match_rms_adamw grows Muon's step like sqrt(width), which breaks µP: "
                          "use original or spectral_unclamped with parametrization=mup")
     muon_groups, adamw_groups = split_for_muon(groups, cfg.adamw_lr / cfg.lr)
@@ -272,12 +293,6 @@ def _muon(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                        adjust_lr_fn=cfg.adjust_lr_fn)
     adamw_kwargs = dict(lr=cfg.adamw_lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
     return MuonWithAdamW(muon_groups, adamw_groups, muon_kwargs, adamw_kwargs)
-
-
-OPTIMIZERS: dict[str, Callable[[list[dict], Any, bool], Optimizer]] = {
-    "adamw": _adamw, "adam": _adam, "sgd": _sgd, "adagrad": _adagrad, "rmsprop": _rmsprop,
-    "adafactor": _adafactor, "adam8bit": _adam8bit, "muon": _muon,
-}
 
 
 def clip_gradients_(parameters, max_norm: float | None) -> torch.Tensor | None:
@@ -294,8 +309,7 @@ def clip_gradients_(parameters, max_norm: float | None) -> torch.Tensor | None:
 def check_optimizer(cfg: Any, on_cuda: bool = False) -> None:
     """Reject an optimizer this machine cannot run, before any model or data is built (build_optimizer calls it
     too; the µP-specific refusals need the parameters and come from the factories)."""
-    if cfg.name not in OPTIMIZERS:
-        raise ValueError(f"optim.name: unknown optimizer '{cfg.name}' (choose one of {', '.join(OPTIMIZERS)})")
+    mup_family(cfg.name)  # an unknown name is refused here
     if cfg.name == "adam8bit":
         _check_adam8bit(on_cuda)
     if cfg.name == "muon" and not hasattr(torch.optim, "Muon"):
@@ -306,7 +320,7 @@ def check_optimizer(cfg: Any, on_cuda: bool = False) -> None:
 
 def build_optimizer(groups: list[dict], cfg: Any, on_cuda: bool = False) -> Optimizer:
     check_optimizer(cfg, on_cuda)
-    return OPTIMIZERS[cfg.name](groups, cfg, on_cuda)
+    return OPTIMIZERS[cfg.name].factory(groups, cfg, on_cuda)
 
 
 # ------------------------------------------------------------------------------------ state size

@@ -5,10 +5,16 @@ A parametrization decides three things about a GPT of a given width:
   2. its forward multipliers (µP: attention scale α/d_head, input and output multipliers),
   3. the per-group learning rates and weight decay handed to the optimizer.
 Everything else in the project is parametrization-agnostic and asks this module.
+
+The boundary with the optimizers: every parameter group carries a `kind` (hidden, embedding, vector, readout)
+and the name of the parametrization that made it; optimizers read those and nothing else (no `p.infshape`, no
+parameter names). The learning-rate rule for an optimizer is chosen by its µP *family* ("adam", "sgd",
+"muon"), which each optimizer declares next to its factory in `mugpt.optim`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import replace
 from typing import Any
@@ -22,27 +28,65 @@ from mup.infshape import InfShape
 from mugpt.model import GPT, GPTConfig
 
 
+# What a parameter is to an optimizer. Hidden: a matrix both of whose dimensions grow with width; embedding:
+# the token and position tables (and the readout tied to the token table); readout: an untied output matrix;
+# vector: biases and LayerNorm gains (anything below 2-D).
+KINDS = ("hidden", "embedding", "vector", "readout")
+EMBEDDING_TABLES = {"tok_emb.weight", "pos_emb.weight"}  # the input weights (the tied readout is tok_emb)
+READOUT = "lm_head."
+
+
+def param_kind(name: str, ndim: int) -> str:
+    """The kind of one of this GPT's parameters, from its name (wrappers stripped) and its dimensions as built."""
+    if name in EMBEDDING_TABLES:
+        return "embedding"
+    if ndim < 2:
+        return "vector"
+    return "readout" if name.startswith(READOUT) else "hidden"
+
+
+def _group(groups: dict, key: tuple, *, kind: str, decay: bool, lr: float, mult: float, weight_decay: float,
+           parametrization: str) -> dict:
+    """The group for `key`, created on first use: lr = base lr × the parametrization's multiplier."""
+    if key not in groups:
+        groups[key] = {"name": f"{kind}{'' if decay else '_no_decay'}_x{mult:g}", "kind": kind,
+                       "parametrization": parametrization, "params": [], "param_names": [], "lr": lr * mult,
+                       "lr_mult": mult, "weight_decay": weight_decay if decay else 0.0}
+    return groups[key]
+
+
 class StandardParametrization:
     """GPT-2 as published: N(0, 0.02) init, 1/sqrt(d_head) attention, one learning rate for all."""
 
     name = "sp"
 
-    def __init__(self, **_: Any) -> None:
-        pass
+    def __init__(self, **options: Any) -> None:
+        # SP has no options. µP's are accepted and ignored, so that one sweep can run parametrization=sp,mup with
+        # shared overrides (parametrization.base_width=64); anything else is a typo and refused.
+        unknown = sorted(set(options) - set(inspect.signature(MaximalUpdateParametrization).parameters))
+        if unknown:
+            raise ValueError(f"parametrization.{unknown[0]}: not an option of parametrization={self.name} (SP has "
+                             f"none; it ignores µP's, so that sp,mup sweeps can share overrides)")
+
+    @staticmethod
+    def options_for_widths(options: dict, widths: list[int]) -> dict:
+        """The options for a run over several widths (the coordinate check): SP has none that depend on width."""
+        return dict(options)
 
     def build_model(self, config: GPTConfig) -> GPT:
         return record_shapes(GPT(config))
 
-    def param_groups(self, model: GPT, lr: float, weight_decay: float, optimizer: str = "adamw") -> list[dict]:
-        """Decay only matrices and embeddings (≥2-D); biases and LayerNorm gains are left alone. Groups carry
-        their parameters' names (Muon uses them to tell hidden matrices from embeddings and the head)."""
-        decay = {"name": "decay", "params": [], "param_names": [], "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay}
-        no_decay = {"name": "no_decay", "params": [], "param_names": [], "lr": lr, "lr_mult": 1.0, "weight_decay": 0.0}
+    def param_groups(self, model: GPT, lr: float, weight_decay: float, family: str = "adam") -> list[dict]:
+        """One learning rate for all; decay only matrices and embeddings (≥2-D), not biases or LayerNorm gains.
+        One group per kind, so optimizers that treat kinds differently (Muon) can tell them apart."""
+        groups: dict[tuple, dict] = {}
         for name, p, ndim in _named_unique_parameters(model):
-            group = decay if ndim >= 2 else no_decay
+            kind, decay = param_kind(name, ndim), ndim >= 2
+            group = _group(groups, (kind, decay), kind=kind, decay=decay, lr=lr, mult=1.0,
+                           weight_decay=weight_decay, parametrization=self.name)
             group["params"].append(p)
             group["param_names"].append(name)
-        return [decay, no_decay]
+        return list(groups.values())
 
 
 # Wrappers that insert themselves into parameter names: FSDP's units, checkpoint wrappers, torch.compile.
@@ -72,10 +116,10 @@ def _named_unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, 
 
 
 # ---------------------------------------------------------------------------------------------- µP
-# Optimizer families with a µP learning-rate rule (Tensor Programs V, table 3 and appendix B).
-# Adam-like optimizers normalise the gradient entrywise: hidden matrices get lr/m, everything else lr.
-ADAM_LIKE = {"adamw", "adam", "adagrad", "rmsprop", "adam8bit", "adafactor"}
-SGD_LIKE = {"sgd"}
+# µP's learning-rate rules by optimizer family (Tensor Programs V, table 3 and appendix B); each optimizer in
+# mugpt.optim declares its family. "adam": entrywise-normalised steps, hidden matrices lr/m, the rest lr.
+# "sgd": mup's MuSGD rules. "muon": orthogonalised hidden steps, no 1/m (see lr_multiplier).
+MUP_FAMILIES = ("adam", "sgd", "muon")
 
 
 class _CachedWidthMult:
@@ -96,9 +140,6 @@ class Readout(_CachedWidthMult, MuReadout):
 
 class SharedReadout(_CachedWidthMult, MuSharedReadout):
     """µP readout tied to the token embedding."""
-
-
-EMBEDDING_TABLES = {"tok_emb.weight", "pos_emb.weight"}  # the input weights (the tied readout is tok_emb)
 
 
 class MaximalUpdateParametrization:
@@ -188,42 +229,44 @@ class MaximalUpdateParametrization:
 
     # --------------------------------------------------------- learning rates
     @staticmethod
-    def lr_multiplier(shape: InfShape, optimizer: str) -> float:
+    def lr_multiplier(shape: InfShape, family: str) -> float:
         """The µP factor on the base learning rate of a parameter of this shape, for an optimizer family."""
-        if optimizer == "muon":
+        if family == "muon":
             # Hidden matrices go to Muon, whose orthogonalised step already has a width-independent spectral
             # norm (µP's spectral condition): no 1/m on top. The rest goes to AdamW: Adam's rule, 1 for those.
             return 1.0
-        if optimizer in ADAM_LIKE:
+        if family == "adam":
             return 1.0 / shape.width_mult() if shape.ninf() == 2 else 1.0
-        if optimizer in SGD_LIKE:
+        if family == "sgd":
             if shape.ninf() == 2:
                 return 1.0 / shape.fanin_fanout_mult_ratio()
             return float(shape.width_mult()) if shape.ninf() == 1 else 1.0
-        raise ValueError(f"optim.name={optimizer}: parametrization=mup has no learning-rate rule for it "
-                         f"(known: {', '.join(sorted(ADAM_LIKE | SGD_LIKE | {'muon'}))})")
+        raise ValueError(f"parametrization=mup has no learning-rate rule for the optimizer family '{family}' "
+                         f"(known: {', '.join(MUP_FAMILIES)}); declare the optimizer's family in mugpt.optim")
 
-    def param_groups(self, model: GPT, lr: float, weight_decay: float, optimizer: str = "adamw") -> list[dict]:
-        """One group per (µP multiplier, decay or not). Weight decay is scaled inversely to the learning rate,
-        so each step shrinks a weight by the same fraction lr·wd at every width: the donor's decay transfers."""
-        groups: dict[tuple[float, bool, bool], dict] = {}
+    @staticmethod
+    def options_for_widths(options: dict, widths: list[int]) -> dict:
+        """The options for a run over several widths (the coordinate check): base_width null = the narrowest."""
+        options = dict(options)
+        if options.get("base_width") is None:
+            options["base_width"] = min(widths)
+        return options
+
+    def param_groups(self, model: GPT, lr: float, weight_decay: float, family: str = "adam") -> list[dict]:
+        """One group per (kind, µP multiplier, decay or not). Weight decay is scaled inversely to the learning
+        rate, so each step shrinks a weight by the same fraction lr·wd at every width: the donor's decay
+        transfers."""
+        groups: dict[tuple, dict] = {}
         for name, p, ndim in _named_unique_parameters(model):
-            shape = model.infshapes[name]
-            mult = self.lr_multiplier(shape, optimizer)
-            embedding = name in EMBEDDING_TABLES
-            if embedding:
+            kind, decay = param_kind(name, ndim), ndim >= 2
+            mult = self.lr_multiplier(model.infshapes[name], family)
+            if kind == "embedding":
                 mult *= self.embedding_lr_mult
-            decay = ndim >= 2
-            key = (mult, decay, embedding)
-            if key not in groups:
-                kind = "embedding" if embedding else "hidden" if shape.ninf() == 2 else "vector"
-                groups[key] = {"name": f"{kind}{'' if decay else '_no_decay'}_x{mult:g}", "params": [],
-                               "param_names": [], "lr": lr * mult, "lr_mult": mult,
-                               "weight_decay": weight_decay / mult if decay else 0.0}
-            groups[key]["params"].append(p)
-            groups[key]["param_names"].append(name)
+            group = _group(groups, (kind, mult, decay), kind=kind, decay=decay, lr=lr, mult=mult,
+                           weight_decay=weight_decay / mult, parametrization=self.name)
+            group["params"].append(p)
+            group["param_names"].append(name)
         return list(groups.values())
-
 
 
 PARAMETRIZATIONS = {"sp": StandardParametrization, "mup": MaximalUpdateParametrization}
@@ -232,9 +275,19 @@ PARAMETRIZATIONS = {"sp": StandardParametrization, "mup": MaximalUpdateParametri
 def get_parametrization(cfg: Any) -> StandardParametrization | MaximalUpdateParametrization:
     """Build the parametrization named by cfg['name'] with the rest of cfg as options."""
     options = dict(cfg)
-    name = options.pop("name")
+    cls = parametrization_class(options.pop("name"))
+    signature = inspect.signature(cls).parameters
+    known = {k for k, v in signature.items() if v.kind is not inspect.Parameter.VAR_KEYWORD}
+    unknown = sorted(set(options) - known)
+    if unknown and len(known) == len(signature):  # a class taking **options checks them itself
+        raise ValueError(f"parametrization.{unknown[0]}: not an option of parametrization={cls.name} "
+                         f"(its options: {', '.join(sorted(known))})")
+    return cls(**options)
+
+
+def parametrization_class(name: str) -> type:
+    """The parametrization class named `name`, or a one-line error listing the known ones."""
     try:
-        cls = PARAMETRIZATIONS[name]
+        return PARAMETRIZATIONS[name]
     except KeyError:
         raise ValueError(f"parametrization: unknown option '{name}' (choose one of {', '.join(PARAMETRIZATIONS)})") from None
-    return cls(**options)
