@@ -19,6 +19,7 @@ import hydra  # noqa: E402
 from hydra import compose  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from mugpt.config import register_configs  # noqa: E402
 from mugpt.mutransfer import chosen_settings, format_pipeline, report, run_pipeline  # noqa: E402
 from mugpt.training import check_config, train  # noqa: E402
 
@@ -60,4 +61,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_configs()  # the typed schemas conf/optim/ and conf/data/ start from
     sys.exit(main())

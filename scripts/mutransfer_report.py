@@ -18,7 +18,8 @@ def main(argv=None) -> int:
     parser.add_argument("--title", default="", help="figure title")
     parser.add_argument("--keys", default="", help="config keys to add as CSV columns, comma-separated "
                         "(e.g. model.init_std,parametrization.output_mult)")
-    parser.add_argument("--wandb", action="store_true", help="also log the figure and tables to W&B (offline without a key)")
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the figure and tables to W&B (offline without a key)")
     args = parser.parse_args(argv)
     try:
         keys = [k.strip() for k in args.keys.split(",") if k.strip()]
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     out = result["output_dir"]
     print(f"wrote {out / 'mutransfer.csv'}, {out / 'mutransfer.png'}, {out / 'mutransfer.json'}")
     if args.wandb:
-        from mugpt.training import publish_to_wandb
+        from mugpt.run import publish_to_wandb
 
         local = publish_to_wandb("mutransfer_report", out, [out / "mutransfer.png"], [out / "mutransfer.csv"],
                                  {"sweep_dir": str(args.sweep_dir)})

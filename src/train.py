@@ -12,7 +12,9 @@ if __name__ == "__main__":
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mugpt.training import rejected_input, train  # noqa: E402
+from mugpt.config import register_configs  # noqa: E402
+from mugpt.errors import ConfigError  # noqa: E402
+from mugpt.training import train  # noqa: E402
 
 log = logging.getLogger("mugpt")
 
@@ -33,13 +35,14 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    register_configs()  # again here: a launcher (submitit) can run this function in a process of its own
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = train(cfg)
     except Exception as exc:
         # A refused option or path: its one-line message, no traceback. In a sweep a failed job is recorded
         # (summary.json says failed) and the others go on.
-        if rejected_input(exc):
+        if isinstance(exc, ConfigError):
             if multirun:
                 log.error("job refused, the sweep goes on: %s", exc)
                 return None
@@ -62,4 +65,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = [normalise_precision_override(a) for a in sys.argv]
+    register_configs()  # before Hydra composes: the schemas conf/optim/, conf/data/ start from; ${pow2:...}
     main()

@@ -42,6 +42,7 @@ def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_final_loss(tmp_path, cache_dir):
     """SIGKILL part-way, then `resume=auto` from a fresh timestamped Hydra directory: same result as no kill."""
     whole = tmp_path / "whole"
@@ -76,11 +77,13 @@ def test_killed_run_resumes_to_the_same_final_loss(tmp_path, cache_dir):
     assert resumed["train_loss"] == pytest.approx(reference["train_loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     args = [*RUN, "trainer.max_steps=100000", "checkpoint.every_n_steps=5", f"hydra.run.dir={run_dir}"]
     proc = launch(args, tmp_path, cache_dir)
-    out = wait_for_checkpoint_then(proc, run_dir / "checkpoints" / "last.ckpt", lambda: proc.send_signal(signal.SIGTERM))
+    out = wait_for_checkpoint_then(proc, run_dir / "checkpoints" / "last.ckpt",
+                                   lambda: proc.send_signal(signal.SIGTERM))
     assert proc.returncode == 0, out[-3000:]
     summary = summary_of(run_dir)
     assert summary["status"] == "interrupted" and 5 <= summary["steps"] < 100000

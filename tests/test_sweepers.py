@@ -13,7 +13,6 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import mugpt.training  # noqa: F401  (registers the ${pow2:...} resolver the mutransfer_lr experiment uses)
 from conftest import CONF_DIR, run_train_cli
 from mugpt.mutransfer import read_summaries
 
@@ -160,6 +159,7 @@ def test_slurm_launcher_writes_the_expected_sbatch_script(compose_with_hydra, tm
 # ---- sweeps run here
 
 
+@pytest.mark.slow
 def test_optuna_donor_search_of_three_trials(tmp_path, cache_dir):
     """The µTransfer donor search with Optuna: 3 trials, each a normal run with its summary.json; Hydra's
     optimization_results.yaml and Optuna's own study (sqlite) agree with the summaries."""
@@ -192,6 +192,7 @@ def test_optuna_donor_search_of_three_trials(tmp_path, cache_dir):
     assert sorted(r["lr"] for r in read_summaries(sweep)) == sorted(lrs)
 
 
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, cache_dir):
     """src/train.py returns None for a run that raised; hydra-optuna-sweeper 1.3 tells Optuna the trial failed
     (1.2 stopped the sweep) and the best trial comes from the others."""
@@ -218,6 +219,7 @@ def test_a_failed_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, cach
     assert best.best_params["optim.lr"] == 0.01 and best.best_value == summaries[0.01]["val_loss"]
 
 
+@pytest.mark.slow
 def test_a_diverged_trial_does_not_stop_the_search(tmp_path, cache_dir):
     needs_optuna()
     sweep = tmp_path / "sweep"
@@ -232,6 +234,7 @@ def test_a_diverged_trial_does_not_stop_the_search(tmp_path, cache_dir):
     assert best.best_params["optim.lr"] == 0.01 and best.best_value == summaries[0.01]["val_loss"]
 
 
+@pytest.mark.slow
 def test_optuna_batches_run_as_submitit_local_jobs(tmp_path, cache_dir):
     """submitit's local executor runs one batch of 2 trials as 2 parallel jobs, as SLURM would (about 35 s):
     the pickled task function, the job directories and the results handed back to Optuna."""

@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, run_train_cli
+from conftest import CONF_DIR, TINY, run_if, run_train_cli
+from mugpt import training
+from mugpt.config import register_configs
+from mugpt.errors import ConfigError
 from mugpt.module import GPTLightningModule
 from mugpt.training import build_datamodule, train
 
@@ -29,7 +32,8 @@ def test_fast_dev_run_trains_one_step(make_cfg):
 
 @pytest.mark.parametrize("parametrization", ["sp", "mup"])
 def test_short_run_learns_and_writes_summary(make_cfg, parametrization):
-    cfg = make_cfg(f"parametrization={parametrization}", "parametrization.base_width=32" if parametrization == "mup" else "seed=1337",
+    cfg = make_cfg(f"parametrization={parametrization}",
+                   "parametrization.base_width=32" if parametrization == "mup" else "seed=1337",
                    "trainer.max_steps=40", "eval_every=40", "optim.lr=1e-2")
     summary = train(cfg)
     on_disk = read_summary(cfg)
@@ -65,7 +69,8 @@ def test_divergence_is_recorded_not_raised(make_cfg):
     summary = train(cfg)
     assert summary["status"] == "diverged"
     assert summary["steps"] == 10
-    assert summary["diverged_reason"].startswith("train loss 5.") and "at step 1 (bound 1.0)" in summary["diverged_reason"]
+    assert summary["diverged_reason"].startswith("train loss 5.")
+    assert "at step 1 (bound 1.0)" in summary["diverged_reason"]
 
 
 @pytest.mark.parametrize(
@@ -78,7 +83,7 @@ def test_divergence_is_recorded_not_raised(make_cfg):
 )
 def test_bad_input_fails_before_training(make_cfg, override, match):
     cfg = make_cfg(override)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         train(cfg)
     summary = read_summary(cfg)
     assert summary["status"] == "failed" and "steps" not in summary
@@ -97,8 +102,10 @@ def test_block_size_larger_than_the_data_is_rejected(make_cfg, tmp_path):
 def test_missing_data_path_is_named(make_cfg, tmp_path):
     missing = tmp_path / "no_such_corpus.txt"
     cfg = make_cfg("data=text", f"data.path={missing}")
-    with pytest.raises(FileNotFoundError, match="no_such_corpus.txt"):
+    with pytest.raises(FileNotFoundError, match="no_such_corpus.txt") as err:
         train(cfg)
+    assert isinstance(err.value, ConfigError)  # refused input, and still the FileNotFoundError it was
+    assert read_summary(cfg)["status"] == "failed"
 
 
 def test_empty_corpus_is_rejected(make_cfg, tmp_path):
@@ -109,11 +116,14 @@ def test_empty_corpus_is_rejected(make_cfg, tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_input_in_one_line_and_keeps_the_summary(tmp_path, cache_dir):
     """A refused option or path: exit status 1, one line that names it, no traceback; summary.json says failed.
     In a sweep the refused job is recorded and the next one runs."""
-    for args, message in [(["model.width=130", "model.n_head=4"], "error: model.width=130 is not divisible by model.n_head=4"),
-                          (["data=text", f"data.path={tmp_path / 'nowhere.txt'}"], "nowhere.txt")]:
+    for args, message in [(["model.width=130", "model.n_head=4"],
+                           "error: model.width=130 is not divisible by model.n_head=4"),
+                          (["data=text", f"data.path={tmp_path / 'nowhere.txt'}"], "nowhere.txt"),
+                          (["+callbacks=lr_monitor"], "error: callbacks.lr_monitor: LearningRateMonitor needs a")]:
         out = tmp_path / "refused"
         proc = run_train_cli([*args, "logger=none", f"hydra.run.dir={out}"], tmp_path, cache_dir)
         assert proc.returncode == 1
@@ -128,10 +138,13 @@ def test_cli_refuses_bad_input_in_one_line_and_keeps_the_summary(tmp_path, cache
     assert statuses == ["failed", "completed"]
 
 
+@pytest.mark.slow
 def test_cli_run_from_the_issue(tmp_path, cache_dir):
-    """`python src/train.py trainer.max_steps=30 model.width=64 model.n_layer=2 model.n_head=2 logger=none hydra.run.dir=DIR`"""
+    """`python src/train.py trainer.max_steps=30 model.width=64 model.n_layer=2 model.n_head=2 logger=none
+    hydra.run.dir=DIR`"""
     out = tmp_path / "run"
-    proc = run_train_cli(["trainer.max_steps=30", "model.width=64", "model.n_layer=2", "model.n_head=2", "model.block_size=64",
+    proc = run_train_cli(["trainer.max_steps=30", "model.width=64", "model.n_layer=2", "model.n_head=2",
+                          "model.block_size=64",
                      "logger=none", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false", "precision=32"],
                     tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -140,6 +153,7 @@ def test_cli_run_from_the_issue(tmp_path, cache_dir):
     assert summary["val_loss"] < math.log(50257) - 2.0
 
 
+@pytest.mark.slow
 def test_multirun_gives_one_run_per_width(tmp_path, cache_dir):
     """The mission's sweep: one output directory, one summary.json and one W&B run per width."""
     sweep = tmp_path / "sweep"
@@ -260,10 +274,11 @@ def test_throughput_and_lr_are_logged_once_per_log_window(make_cfg):
     assert summary["tokens_per_sec"] > 0
 
 
-NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast with a GradScaler needs a CUDA GPU")
+NEEDS_CUDA = run_if(cuda=True, reason="fp16 autocast with a GradScaler")
 
 
-@pytest.mark.parametrize("option", ["precision=32-true", "precision=tf32", "precision=bf16-mixed", "precision=bf16-true",
+@pytest.mark.parametrize("option", ["precision=32-true", "precision=tf32", "precision=bf16-mixed",
+                                    "precision=bf16-true",
                                     pytest.param("precision=16-mixed", marks=NEEDS_CUDA), "compile=max-autotune",
                                     "activation_checkpointing=blocks", "grad_accum=tokens"])
 def test_every_efficiency_option_trains(make_cfg, option):
@@ -279,7 +294,8 @@ def test_every_efficiency_option_trains(make_cfg, option):
 
 def test_loggers_combine_as_a_list(make_cfg):
     """logger=[csv,tensorboard]: both write the same run's metrics into its directory."""
-    pytest.importorskip("tensorboard", reason="logger=tensorboard needs the tensorboard package (pip install -e '.[tb]')")
+    pytest.importorskip("tensorboard",
+                        reason="logger=tensorboard needs the tensorboard package (pip install -e '.[tb]')")
     import csv
 
     cfg = make_cfg("logger=[csv,tensorboard]", "trainer.max_steps=10", "eval_every=10")
@@ -308,6 +324,7 @@ def test_a_missing_logger_package_is_named_before_training(make_cfg, monkeypatch
     assert "steps" not in read_summary(cfg)
 
 
+@pytest.mark.slow
 def test_script_figures_are_published_to_wandb_offline(tmp_path, monkeypatch):
     """The coordinate check and the µTransfer report log their PNG as a W&B image and CSVs as W&B tables."""
     import matplotlib
@@ -315,7 +332,7 @@ def test_script_figures_are_published_to_wandb_offline(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mugpt.training import publish_to_wandb
+    from mugpt.run import publish_to_wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -341,3 +358,148 @@ def test_a_checkpoint_between_log_windows_never_holds_diverged_weights(make_cfg)
     assert summary["status"] == "diverged" and "at step 1 " in summary["diverged_reason"]
     assert summary["steps"] == 5  # stopped where the early check found it, not at the window's end
     assert not (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists()
+
+
+def _trainer_of(monkeypatch) -> list:
+    """Record the Trainer train() builds (build_trainer is looked up at call time)."""
+    built = []
+    real = training.build_trainer
+    monkeypatch.setattr(training, "build_trainer", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    return built
+
+
+def test_callbacks_group_adds_a_learning_rate_monitor(make_cfg, monkeypatch):
+    """+callbacks=lr_monitor: a LearningRateMonitor on the Trainer, logging each parameter group's lr every
+    log window; the project's own callbacks are still there."""
+    import csv
+
+    built = _trainer_of(monkeypatch)
+    cfg = make_cfg("+callbacks=lr_monitor", "logger=csv", "trainer.max_steps=4", "eval_every=4",
+                   "trainer.log_every_n_steps=2")
+    assert cfg.callbacks.lr_monitor.logging_interval == "step"
+    summary = train(cfg)
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    names = [type(cb).__name__ for cb in built[0].callbacks]
+    assert names.count("LearningRateMonitor") == 1
+    assert {"Throughput", "DivergenceGuard", "PreemptionCheckpoint", "MemoryReport", "RunCheckpoint"} <= set(names)
+    rows = list(csv.DictReader(next(Path(cfg.output_dir).rglob("metrics.csv")).open()))
+    lr_columns = [k for k in rows[0] if k.startswith("lr-")]
+    assert lr_columns, list(rows[0])
+    assert [int(r["step"]) for r in rows if r.get(lr_columns[0])] == [1, 3]
+    assert all(float(r[lr_columns[0]]) > 0 for r in rows if r.get(lr_columns[0]))
+
+
+def test_callbacks_add_up_and_early_stopping_stops_the_run(make_cfg, monkeypatch):
+    """+callbacks=[lr_monitor,early_stopping]: both added. No improvement by 100 nats after the first
+    validation, patience 1: the run stops at the second validation (step 4 of 20) and says completed."""
+    built = _trainer_of(monkeypatch)
+    cfg = make_cfg("+callbacks=[lr_monitor,early_stopping]", "callbacks.early_stopping.patience=1",
+                   "callbacks.early_stopping.min_delta=100", "logger=csv", "trainer.max_steps=20", "eval_every=2")
+    assert sorted(cfg.callbacks) == ["early_stopping", "lr_monitor"]
+    summary = train(cfg)
+    names = [type(cb).__name__ for cb in built[0].callbacks]
+    assert "LearningRateMonitor" in names and "EarlyStopping" in names
+    assert summary["status"] == "completed" and summary["steps"] == 4
+
+
+def test_default_callbacks_group_adds_nothing(make_cfg):
+    cfg = make_cfg()
+    assert dict(cfg.callbacks) == {}
+    assert training.callback_configs(cfg) == {}
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["+callbacks=lr_monitor", "logger=none"],
+     r"^callbacks.lr_monitor: LearningRateMonitor needs a logger, and logger=none has none"),
+    (["+callbacks.bad._target_=no.such.Callback"], r"^callbacks.bad: cannot import _target_=no.such.Callback"),
+    (["+callbacks.bad._target_=torch.nn.Linear"], r"^callbacks.bad: _target_=torch.nn.Linear is not a Lightning"),
+    (["+callbacks.bad.patience=3"], r"^callbacks.bad: needs a _target_"),
+])
+def test_a_callback_that_cannot_work_is_refused_before_training(make_cfg, overrides, match):
+    cfg = make_cfg(*overrides)
+    with pytest.raises(ConfigError, match=match):
+        train(cfg)
+    summary = read_summary(cfg)
+    assert summary["status"] == "failed" and "steps" not in summary and "callbacks." in summary["error"]
+
+
+@pytest.mark.parametrize("override, option", [
+    ("+trainer.val_check_interval=5", "eval_every"),
+    ("+trainer.precision=16", "precision=NAME"),
+    ("+trainer.enable_checkpointing=false", "checkpoint.every_n_steps"),
+    ("+trainer.logger=false", "logger=NAME"),
+    ("+trainer.callbacks=[]", r"\+callbacks=NAME"),
+    ("+trainer.default_root_dir=/tmp/elsewhere", "output_dir"),
+    ("+trainer.plugins=[]", "precision=NAME"),
+    ("trainer.gradient_clip_val=1.0", "optim.grad_clip"),
+])
+def test_trainer_keys_the_project_derives_are_refused(make_cfg, override, option):
+    """A trainer.* key train() would overwrite: refused with the project option that sets it."""
+    cfg = make_cfg(override)
+    key = override.lstrip("+").split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key}: set {option} instead \("):
+        train(cfg)
+    summary = read_summary(cfg)
+    assert summary["status"] == "failed" and "steps" not in summary and key in summary["error"]
+
+
+def test_trainer_accumulate_grad_batches_is_read_unless_grad_accum_derives_it(make_cfg):
+    summary = train(make_cfg("trainer.accumulate_grad_batches=2", "trainer.max_steps=2", "eval_every=2"))
+    assert summary["status"] == "completed" and summary["accumulate_grad_batches"] == 2
+    assert summary["tokens"] == 2 * 2 * 8 * 32
+    cfg = make_cfg("grad_accum=tokens", "grad_accum.batch_tokens=512", "trainer.accumulate_grad_batches=4")
+    with pytest.raises(ConfigError, match=r"^trainer.accumulate_grad_batches=4: grad_accum=tokens derives it"):
+        train(cfg)
+    assert read_summary(cfg)["status"] == "failed"
+
+
+def test_trainer_keys_that_are_always_derived_are_not_in_the_trainer_configs():
+    from omegaconf import OmegaConf
+
+    for path in (ROOT / "conf" / "trainer").glob("*.yaml"):
+        trainer = OmegaConf.load(path)
+        assert [k for k in training.DERIVED_TRAINER_KEYS if trainer.get(k) is not None] == [], path.name
+
+
+def test_an_error_during_training_is_a_failed_run_not_refused_input(make_cfg, monkeypatch):
+    """A ValueError from inside fit is no ConfigError: the CLI shows its traceback; summary.json says failed."""
+    def boom(self, batch, batch_idx):
+        raise ValueError("broken step")
+
+    monkeypatch.setattr(GPTLightningModule, "training_step", boom)
+    cfg = make_cfg("trainer.max_steps=2")
+    with pytest.raises(ValueError, match="broken step") as err:
+        train(cfg)
+    assert not isinstance(err.value, ConfigError)
+    summary = read_summary(cfg)
+    assert summary["status"] == "failed" and summary["error"] == "ValueError: broken step"
+    assert "Traceback" in summary["traceback"] and summary["wall_seconds"] >= 0
+
+
+@pytest.mark.slow
+def test_pow2_resolves_once_registered_and_nothing_registers_it_on_import(tmp_path):
+    """The mutransfer_lr experiment's `optim.lr: ${pow2:${lr_log2}}` needs the resolver each entry point registers."""
+    import subprocess
+    import sys
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+    from omegaconf.errors import UnsupportedInterpolationType
+
+    OmegaConf.clear_resolver("pow2")
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=["+experiment=mutransfer_lr", "lr_log2=-9", f"output_dir={tmp_path}"])
+        with pytest.raises(UnsupportedInterpolationType, match="pow2"):
+            _ = cfg.optim.lr
+        register_configs()
+        assert cfg.optim.lr == 2.0 ** -9
+        register_configs()  # again: no error, same value
+        assert cfg.optim.lr == 2.0 ** -9
+    finally:
+        register_configs()
+        GlobalHydra.instance().clear()
+    probe = "import mugpt.training; from omegaconf import OmegaConf; print(OmegaConf.has_resolver('pow2'))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
