@@ -1,19 +1,26 @@
-"""scripts/benchmark.py on a tiny model for a few steps: the structure and sanity of its results, never
-wall-clock thresholds (timings on a shared CPU say nothing in a test)."""
+"""The efficiency benchmark (mugpt.benchmarking, scripts/benchmark.py) on a tiny model for a few steps: the
+structure and sanity of its results, never wall-clock thresholds (timings on a shared CPU say nothing in a test)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import benchmark as bench  # noqa: E402
+from mugpt import benchmarking as bench
+from mugpt.callbacks import peak_flops_for
+from mugpt.model import GPTConfig
+from mugpt.recipe import Recipe, split_batch, train_step
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # GPT-2's vocabulary, so the padded-vocab row means what it means at full size; everything else tiny.
 TINY = bench.BenchConfig.from_preset("tiny")
@@ -84,6 +91,40 @@ def test_accumulation_matches_one_big_batch():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def reference_losses(recipe: Recipe, batches: list, steps: int, micro_batches: int, max_steps: int) -> list[float]:
+    """`train_step` on a recipe built from scratch, seeded as the benchmark seeds its models."""
+    torch.manual_seed(TINY.seed)
+    model = recipe.build_model()
+    optimizer, scheduler = recipe.build_optimizer(model, max_steps)
+    return [float(train_step(model, optimizer, scheduler, split_batch(batches[i % len(batches)], micro_batches),
+                             grad_clip=recipe.grad_clip).loss) for i in range(steps)]
+
+
+@pytest.mark.parametrize("key", [None, "accumulation"])
+def test_row_step_is_the_recipes_train_step(key):
+    """A table row trains exactly what `train_step` trains on the same recipe (the trainer's clip included)."""
+    row = {r.key: r for r in bench.build_rows(["pad_vocab", "accumulation"])}[key]
+    runner = bench.RowRunner(TINY, row)
+    losses = []
+    for _ in range(3):
+        runner.step()
+        losses.append(float(runner.last_loss))
+    recipe = Recipe(GPTConfig(**TINY.model_dict(pad_vocab=row.has("pad_vocab"))), {"name": "sp"},
+                    TINY.optim_config(fused=False))
+    assert recipe.grad_clip == 1.0  # conf/optim/adamw.yaml's clip: the rows clip as the trainer does
+    assert losses == reference_losses(recipe, bench.make_batches(TINY, "cpu"), 3, row.micro_batches,
+                                      bench.SCHEDULE_STEPS)
+
+
+@pytest.mark.parametrize("parametrization", [{"name": "sp"}, {"name": "mup", "base_width": TINY.width // 2}])
+def test_plain_loop_is_the_recipes_train_step(parametrization):
+    pool = bench.make_batches(TINY, "cpu")
+    loop = bench.plain_arm(TINY, parametrization, bench.batch_loader(pool, 3), 3, bf16=False)
+    loop.run(3)
+    recipe = Recipe(GPTConfig(**TINY.model_dict()), parametrization, TINY.optim_config("auto"))
+    assert [float(v) for v in loop.losses] == reference_losses(recipe, pool, 3, 1, 3)
+
+
 def test_lightning_and_plain_loop_agree(lightning_vs_plain):
     r = lightning_vs_plain
     assert r["same_initial_weights"]
@@ -97,7 +138,9 @@ def test_lightning_and_plain_loop_agree(lightning_vs_plain):
 def test_mup_vs_sp(mup_vs_sp):
     r = mup_vs_sp
     assert r["base_width"] == TINY.width // 2
-    assert r["param_groups"]["mup"] > r["param_groups"]["sp"]  # µP's per-width learning-rate groups
+    lr = TINY.optim["lr"]
+    assert r["group_lrs"] == {"sp": [lr], "mup": [lr / 2, lr]}  # µP: hidden matrices at lr / m, m = 2
+    assert r["param_groups"]["mup"] == r["param_groups"]["sp"]  # the same groups (one per kind), other rates
     assert len(r["mup_block_ms"]) == len(r["sp_block_ms"]) == 2 and r["ratio"] > 0
     assert all(math.isfinite(r[k]) and abs(r[k] - math.log(50257)) < 0.5 for k in ("loss_sp", "loss_mup"))
 
@@ -105,8 +148,8 @@ def test_mup_vs_sp(mup_vs_sp):
 def test_report_files(table, lightning_vs_plain, mup_vs_sp, tmp_path):
     env = bench.environment(TINY, "test machine")
     assert env["date"] and env["torch"] == torch.__version__ and env["torch_threads"] >= 1
-    result = {"command": "python scripts/benchmark.py --preset tiny", "environment": env,
-              "config": bench.asdict(TINY), "flops_per_token": TINY.useful_flops_per_token(), "table": table,
+    result = {"command": "python scripts/benchmark.py preset=tiny", "environment": env,
+              "config": asdict(TINY), "flops_per_token": TINY.useful_flops_per_token(), "table": table,
               "lightning_vs_plain": lightning_vs_plain, "mup_vs_sp": mup_vs_sp, "run_seconds": 1.0}
     result["notes"] = bench.table_notes(result)
     md = bench.render_markdown(result)
@@ -117,6 +160,7 @@ def test_report_files(table, lightning_vs_plain, mup_vs_sp, tmp_path):
     assert json.loads(path.read_text())["table"][3]["vocab"] == 50304
 
 
+@pytest.mark.slow
 def test_row_in_its_own_process_reports_memory():
     """The isolated path: a spawned worker builds, warms up, runs a block and reports its peak memory."""
     rows = bench.build_rows([])
@@ -128,25 +172,62 @@ def test_row_in_its_own_process_reports_memory():
 
 
 def test_clock_sampler_files_readings_under_the_row_being_timed():
-    """On a GPU the table records the SM clock and power while each row is timed (nvidia-smi's CSV output);
-    here a stand-in command prints what nvidia-smi prints."""
-    assert bench.ClockSampler.parse("1656, 695.32\n") == (1656.0, 695.32)
-    assert bench.ClockSampler.parse("[N/A], [N/A]") is None and bench.ClockSampler.parse("") is None
-    fake = [sys.executable, "-c", "print('1656, 695.32')"]
-    with bench.ClockSampler(command=fake, interval=0.02) as clocks:
-        time.sleep(0.2)  # nothing is being timed: nothing is recorded
-        clocks.label = 3
-        deadline = time.time() + 20
-        while not clocks.samples.get(3) and time.time() < deadline:
-            time.sleep(0.05)
-        clocks.label = None
-    assert clocks.summary(3)["sm_clock_mhz"] == 1656.0 and clocks.summary(3)["power_w"] == 695.32
-    assert set(clocks.samples) == {3} and clocks.summary(0) == {"sm_clock_mhz": None, "power_w": None,
-                                                               "clock_samples": 0}
-    with bench.ClockSampler(command=fake, interval=0.02, enabled=False) as off:  # a CPU run
+    """On a GPU the table records the SM clock and power while each row is timed; here a stand-in reader
+    (as NVML would answer) and a stand-in command (printing what nvidia-smi prints) take the GPU's place."""
+    assert bench.parse_nvidia_smi("1656, 695.32\n") == (1656.0, 695.32)
+    assert bench.parse_nvidia_smi("[N/A], [N/A]") is None and bench.parse_nvidia_smi("") is None
+    smi = bench.nvidia_smi_reader(command=[sys.executable, "-c", "print('1656, 695.32')"])
+    for read in (lambda: (1656.0, 695.32), smi):
+        with bench.ClockSampler(read, interval=0.02) as clocks:
+            time.sleep(0.2)  # nothing is being timed: nothing is recorded
+            clocks.label = 3
+            deadline = time.time() + 20
+            while not clocks.samples.get(3) and time.time() < deadline:
+                time.sleep(0.05)
+            clocks.label = None
+        assert clocks.summary(3)["sm_clock_mhz"] == 1656.0 and clocks.summary(3)["power_w"] == 695.32
+        assert set(clocks.samples) == {3} and clocks.summary(0) == {"sm_clock_mhz": None, "power_w": None,
+                                                                   "clock_samples": 0}
+    with bench.ClockSampler(lambda: (1656.0, 695.32), interval=0.02, enabled=False) as off:  # a CPU run
         off.label = 0
         time.sleep(0.2)
     assert not off.samples
+
+
+def test_gpu_reader_prefers_nvml_in_process(monkeypatch):
+    """torch.cuda.clock_rate (MHz) and power_draw (mW) read NVML in this process; the first source that answers
+    is used, one that raises (torch without nvidia-ml-py, no driver) or is absent is skipped."""
+    monkeypatch.setattr(torch.cuda, "clock_rate", lambda device=None: 1755, raising=False)
+    monkeypatch.setattr(torch.cuda, "power_draw", lambda device=None: 695320, raising=False)
+    assert bench.torch_nvml_reader(0)() == (1755.0, 695.32)
+
+    def broken(index):
+        def read():
+            raise ModuleNotFoundError("nvidia-ml-py does not seem to be installed")
+        return read
+
+    found = bench.gpu_reader(0, {"absent": lambda index: None, "broken": broken,
+                                 "torch.cuda": bench.torch_nvml_reader, "never": broken})
+    assert found is not None and found[0] == "torch.cuda" and found[1]() == (1755.0, 695.32)
+    assert bench.gpu_reader(0, {"absent": lambda index: None, "broken": broken}) is None
+    assert bench.nvidia_smi_reader(command=["no-such-nvidia-smi"]) is None
+
+
+def test_visible_gpu_follows_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,GPU-1234")
+    assert bench._visible_gpu(0) == "3" and bench._visible_gpu(1) == "GPU-1234"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert bench._visible_gpu(2) == "2"
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835), ("NVIDIA H200", 989),
+    ("NVIDIA A100-SXM4-80GB", 312), ("NVIDIA A100 80GB PCIe", 312), ("NVIDIA A10G", 125), ("NVIDIA L4", 121),
+    ("NVIDIA L40S", 362), ("NVIDIA GeForce RTX 4090", 165), ("Tesla T4", None), ("AMD Instinct MI300X", None)])
+def test_peak_flops_by_device_name(name, tflops):
+    """The longest matching name wins: 'H100 PCIe' is not the SXM card's 989, 'A100' is not an A10's 125."""
+    assert peak_flops_for(name) == (tflops * 1e12 if tflops else None)
+    assert bench.peak_flops(torch.device("cpu")) is None
 
 
 def test_table_shows_clock_columns_only_when_measured(table):
@@ -156,3 +237,30 @@ def test_table_shows_clock_columns_only_when_measured(table):
     header, rule, first = bench.table_markdown(with_clocks, {}).splitlines()[:3]
     assert header.endswith("| SM clock (MHz) | power (W) |") and first.endswith("| 1656 | 695 |")
     assert header.count("|") == rule.count("|") == first.count("|")
+
+
+def run_cli(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUGPT_NO_REEXEC": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "benchmark.py"), *overrides, f"hydra.run.dir={cwd}"],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("preset=nope", "error: preset=nope: unknown preset (choose one of tiny, small, gpt2)"),
+    ("rows=[tf32,warp_speed]", "error: rows: unknown trick(s) ['warp_speed']"),
+])
+@pytest.mark.slow
+def test_cli_refuses_a_bad_option_in_one_line(override, message, tmp_path):
+    proc = run_cli(override, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(message)
+    assert not list(tmp_path.glob("*.json"))  # refused before anything was measured
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_missing_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    proc = run_cli("device=cuda", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: device=cuda: no CUDA GPU on this machine (use device=cpu)"

@@ -14,15 +14,25 @@ from mugpt.optim import optimizer_state_bytes
 
 log = logging.getLogger(__name__)
 
-# Dense bf16/fp16 tensor-core peak FLOP/s, by substring of the CUDA device name.
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "4090": 165e12}
+# Dense (no sparsity) bf16 tensor-core peak FLOP/s, keyed by a part of the name torch reports for the GPU
+# ("NVIDIA H100 80GB HBM3" is the SXM card). The longest matching key wins, so "H100 PCIe" beats "H100".
+PEAK_FLOPS = {
+    "H100": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12,  # SXM (HBM3), PCIe, NVL
+    "H200": 989e12, "H200 NVL": 835e12, "GH200": 989e12,
+    "A100": 312e12, "A10G": 125e12, "A10": 125e12, "L4": 121e12, "L40": 181e12, "L40S": 362e12, "4090": 165e12,
+}
+
+
+def peak_flops_for(name: str) -> float | None:
+    """The dense bf16 peak of the GPU called `name` (torch.cuda.get_device_name), None for an unknown one."""
+    matches = [key for key in PEAK_FLOPS if key in name]
+    return PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
 def device_peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return peak_flops_for(torch.cuda.get_device_name(device))
 
 
 def _optimizer_step_ended(trainer: L.Trainer, batch_idx: int) -> bool:
