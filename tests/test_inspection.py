@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 
 from conftest import TINY, compose_config
-from mugpt.inspection import (encode_prompt, evaluate_loss, load_run, optional, parse_key_values, sample_ids,
-                              sample_text, validation_batches)
+from mugpt.inspection import encode_prompt, evaluate_loss, load_run, sample_ids, sample_text, validation_batches
 from mugpt.landscape import check_options, compute_landscape, filter_normalize, random_direction, trainable_weights
 from mugpt.training import train
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
 VAL_BATCHES = 2  # TINY's data.val_batches: the batches the logged validation loss was measured on
 
 
@@ -27,6 +33,22 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def compose_script(name: str, *overrides: str) -> DictConfig:
+    """conf/NAME.yaml with command-line overrides, read by Hydra exactly as `python scripts/NAME.py ...` reads them."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def refusal(function, cfg: DictConfig) -> str:
+    """The one-line `error: ...` a script exits with."""
+    with pytest.raises(SystemExit) as exc:
+        function(cfg)
+    message = exc.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+    return message
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -116,32 +138,78 @@ def test_sample_counts_and_greedy_decoding(sp_run):
     assert sample_text(run, "", 10, temperature=0.0) == [run.tokenizer.decode(from_newline)]
 
 
-def test_sample_script_is_deterministic_for_a_seed(sp_run, capsys):
+def test_sample_script_is_deterministic_for_a_seed(sp_run, tmp_path, capsys):
     sample = load_script("sample")
-    args = [f"ckpt={sp_run[0]}", "prompt=ROMEO: a, b = c", "max_new_tokens=40", "temperature=0.8", "top_k=200",
+    args = [f"ckpt={sp_run[0]}", 'prompt="ROMEO: a, b = c"', "max_new_tokens=40", "temperature=0.8", "top_k=200",
             "device=cpu"]
     outputs = []
-    for seed in (1, 1, 2):
-        assert sample.main([*args, f"seed={seed}"]) == 0
+    for i, seed in enumerate((1, 1, 2)):
+        sample.sample(compose_script("sample", *args, f"seed={seed}", f"output_dir={tmp_path / str(i)}"))
         outputs.append(capsys.readouterr().out)
+        assert (tmp_path / str(i) / "samples.txt").read_text() == outputs[-1]  # the run dir keeps what was printed
     assert outputs[0] == outputs[1] != outputs[2]
-    assert outputs[0].startswith("ROMEO: a, b = c")  # the prompt verbatim: commas and '=' are no syntax
-    assert sample.main([*args, "num_samples=2"]) == 0
+    assert outputs[0].startswith("ROMEO: a, b = c")  # quoted for Hydra, the prompt arrives verbatim
+    sample.sample(compose_script("sample", *args, "num_samples=2", "top_k=null", f"output_dir={tmp_path / 'two'}"))
     assert capsys.readouterr().out.count("---------- sample") == 2
 
 
-def test_sample_script_rejects_bad_options_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("override, prompt", [
+    ('prompt="To be, or not"', "To be, or not"),
+    ("prompt='x = 1, \"y\"'", 'x = 1, "y"'),
+    ('prompt="It\'s [a] {b}"', "It's [a] {b}"),
+    ('prompt="  indented"', "  indented"),
+    ('prompt="1603"', "1603"),
+    ('prompt="\\${HOME}"', "${HOME}"),
+    ("prompt=ROMEO:", "ROMEO:"),
+    ("prompt=What light", "What light"),
+    ("prompt=", ""),
+])
+def test_sample_prompts_quoted_for_hydra_arrive_verbatim(override, prompt):
+    cfg = compose_script("sample", "ckpt=run", override)
+    assert load_script("sample").option(cfg, "prompt", str) == prompt
+
+
+def test_sample_script_rejects_bad_options_in_one_line_before_loading(tmp_path, monkeypatch):
     sample = load_script("sample")
-    for argv, message in [([f"ckpt={tmp_path / 'none'}"], f"ckpt={tmp_path / 'none'}: no such file"),
-                          (["prompt=hi"], "ckpt=... is required"),
-                          (["ckpt=x", "top_k=many"], "top_k=many: expected an integer or none"),
-                          (["ckpt=x", "temperature=-1"], "temperature=-1.0: must be >= 0"),
-                          (["ckpt=x", "beam=4"], "unknown option 'beam'")]:
-        assert sample.main(argv) == 2
-        err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1, err
-    options = {"top_k": (optional(int), 3), "prompt": (str, "")}
-    assert parse_key_values(["top_k=none", "prompt=a=b, 'c'"], options) == {"top_k": None, "prompt": "a=b, 'c'"}
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded for a refused option")
+
+    monkeypatch.setattr(sample, "load_run", no_loading)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")  # a path that passes; never read
+    run = f"ckpt={tmp_path / 'run'}"
+    for overrides, message in [([], "error: ckpt is required: ckpt=RUN_DIR"),
+                               ([f"ckpt={tmp_path / 'none'}"], f"error: ckpt={tmp_path / 'none'}: no such file"),
+                               ([f"ckpt={tmp_path}"], "a run directory without a checkpoint"),
+                               ([run, "temperature=-1"], "error: temperature=-1.0: must be >= 0"),
+                               ([run, "top_k=0"], "error: top_k=0: must be a positive integer or null"),
+                               ([run, "top_k=many"], "error: top_k=many: expected an integer or null"),
+                               ([run, "top_k=true"], "error: top_k=True: expected an integer or null"),
+                               ([run, "max_new_tokens=1.5"], "error: max_new_tokens=1.5: expected an integer"),
+                               ([run, "device=tpu"], "error: device=tpu: not a device"),
+                               ([run, "prompt=1603"], "error: prompt=1603: expected a string; Hydra read it as int"),
+                               ([run, 'prompt="${oops}"'], "error: prompt: Interpolation key 'oops' not found")]:
+        assert message in refusal(sample.sample, compose_script("sample", *overrides)), overrides
+
+
+@pytest.mark.slow
+def test_sample_command_line(sp_run, tmp_path):
+    """As a user runs it: Hydra parses the quoted prompt, hydra.run.dir is honoured, stdout holds only the sample."""
+    script, env = str(SCRIPTS / "sample.py"), {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    out = tmp_path / "sampled"
+    done = subprocess.run([sys.executable, script, f"ckpt={sp_run[0]}", 'prompt="To be, or not"', "max_new_tokens=20",
+                           "device=cpu", f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    # stdout is the sample alone: a log line there would be missing from samples.txt
+    assert done.stdout.startswith("To be, or not") and done.stdout == (out / "samples.txt").read_text()
+    assert done.stderr.startswith("loaded ")
+    assert (out / ".hydra" / "overrides.yaml").is_file() and not (tmp_path / "outputs").exists()
+    done = subprocess.run([sys.executable, script, "prompt=hi", f"hydra.run.dir={tmp_path / 'refused'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: ckpt is required") and done.stderr.count("\n") == 1, done.stderr
 
 
 # ------------------------------------------------------------------------------------- landscapes
@@ -216,14 +284,15 @@ def test_landscape_script_writes_csvs_and_plots(sp_run, mup_run, tmp_path, capsy
     landscape = load_script("loss_landscape")
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["resolution=5", "span=1.0", f"batches={VAL_BATCHES}", "seed=0", "device=cpu"]
-    assert landscape.main([f"ckpt={sp_run[0]}", f"out={one}", *common]) == 0
+    landscape.landscape(compose_script("loss_landscape", f"ckpt={sp_run[0]}", f"out={one}", *common))
     columns, rows = read_csv(one / "landscape_1d.csv")
     assert columns == ["alpha", "loss"] and len(rows) == 5
     assert float(rows[2]["alpha"]) == 0.0 and float(rows[2]["loss"]) == pytest.approx(sp_run[1]["val_loss"], rel=1e-5)
     columns, rows = read_csv(one / "landscape_2d.csv")
     assert columns == ["alpha", "beta", "loss"] and len(rows) == 25
     # µP beside SP: a `run` column, each run's rows, both runs in the plots
-    assert landscape.main([f"ckpt={sp_run[0]}", f"ckpt2={mup_run[0]}", f"out={two}", *common]) == 0
+    landscape.landscape(compose_script("loss_landscape", f"ckpt={sp_run[0]}", f"ckpt2={mup_run[0]}", f"out={two}",
+                                       *common))
     printed = capsys.readouterr().out
     assert "loss at 0" in printed and "mup, base 32, width 64" in printed
     columns, rows = read_csv(two / "landscape_2d.csv")
@@ -236,5 +305,16 @@ def test_landscape_script_writes_csvs_and_plots(sp_run, mup_run, tmp_path, capsy
     for folder in (one, two):
         assert_png(folder / "landscape_1d.png")
         assert_png(folder / "landscape_2d.png")
-    assert landscape.main([f"ckpt={sp_run[0]}", "resolution=6"]) == 2
-    assert "resolution=6: must be an odd integer" in capsys.readouterr().err
+
+
+def test_landscape_script_rejects_bad_options_in_one_line(sp_run, tmp_path):
+    landscape = load_script("loss_landscape")
+    run = f"ckpt={sp_run[0]}"
+    for overrides, message in [([], "error: ckpt is required"),
+                               ([run, "resolution=6"], "error: resolution=6: must be an odd integer"),
+                               ([run, "span=-1"], "error: span=-1.0: must be a positive number"),
+                               ([run, "batches=x"], "error: batches=x: expected an integer"),
+                               ([run, "threads=0"], "error: threads=0: must be a positive integer or null"),
+                               ([run, f"ckpt2={tmp_path / 'none'}"], f"error: ckpt2={tmp_path / 'none'}: no such"),
+                               ([run, "device=tpu"], "error: device=tpu: not a device")]:
+        assert message in refusal(landscape.landscape, compose_script("loss_landscape", *overrides)), overrides

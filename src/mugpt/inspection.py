@@ -5,21 +5,24 @@
 `get_parametrization(...).build_model(GPTConfig(...))` — µP's base shapes and multipliers included — and the
 Lightning module's `model.`-prefixed weights are loaded into it. No Lightning module, optimizer or trainer.
 
-The scripts built on this (scripts/sample.py, scripts/loss_landscape.py) take `key=value` arguments, parsed by
-`parse_key_values` rather than Hydra: Hydra's override grammar reads a prompt such as `prompt=To be, or not`
-as a sweep or a syntax error, and a prompt must reach the model verbatim.
+The scripts built on this (scripts/sample.py, scripts/loss_landscape.py) are Hydra apps like src/train.py
+(conf/sample.yaml, conf/loss_landscape.yaml): a prompt with a comma or '=' reaches the model verbatim when it is
+quoted as a Hydra value, 'prompt="To be, or not"'. They read their options, check them with `check_device`,
+`check_sampling` and `landscape.check_options`, and only then load a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from mugpt.checkpointing import CHECKPOINT_DIR, LAST
 from mugpt.data import Tokenizer, get_tokenizer
@@ -196,7 +199,7 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None, n
     if not temperature >= 0:
         raise ValueError(f"temperature={temperature}: must be >= 0 (0 is greedy decoding)")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k={top_k}: must be a positive integer or none")
+        raise ValueError(f"top_k={top_k}: must be a positive integer or null")
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples={num_samples}: must be a positive integer")
 
@@ -224,39 +227,21 @@ def sample_text(run: LoadedRun, prompt: str, max_new_tokens: int, temperature: f
     return [run.tokenizer.decode(row[start:].tolist()) for row in out]
 
 
-# ------------------------------------------------------------------------------ key=value arguments
-def optional(cast: Callable[[str], Any]) -> Callable[[str], Any]:
-    """A caster that also accepts none/null for None."""
-
-    def parse(text: str) -> Any:
-        return None if text.strip().lower() in ("none", "null", "") else cast(text)
-
-    parse.__name__ = f"optional {cast.__name__}"
-    return parse
+# ------------------------------------------------------------------------------------ script options
+OPTION_KINDS = {int: "an integer", float: "a number", str: "a string"}
 
 
-TYPE_NAMES = {"int": "an integer", "float": "a number", "str": "a string"}
-
-
-def parse_key_values(argv: Sequence[str], options: Mapping[str, tuple[Callable[[str], Any], Any]],
-                     required: Sequence[str] = ()) -> dict[str, Any]:
-    """`key=value` arguments, each value cast by its option's caster; values are taken verbatim (no quoting
-    rules), so a prompt may hold commas, colons, quotes or '='. options: name -> (caster, default)."""
-    values = {name: default for name, (_, default) in options.items()}
-    for arg in argv:
-        key, sep, text = arg.partition("=")
-        if not sep:
-            raise ValueError(f"argument '{arg}': expected key=value (options: {', '.join(options)})")
-        if key not in options:
-            raise ValueError(f"unknown option '{key}' (options: {', '.join(options)})")
-        cast = options[key][0]
-        try:
-            values[key] = cast(text)
-        except ValueError:
-            name = cast.__name__.removeprefix("optional ")
-            kind = TYPE_NAMES.get(name, name) + (" or none" if cast.__name__.startswith("optional ") else "")
-            raise ValueError(f"{key}={text}: expected {kind}") from None
-    for name in required:
-        if values.get(name) in (None, ""):
-            raise ValueError(f"{name}=... is required")
-    return values
+def typed_option(cfg: DictConfig, name: str, kind: type, nullable: bool = False) -> Any:
+    """cfg[name] as Hydra parsed it, checked to be of `kind` (an int is a number too; a bool is neither)."""
+    if OmegaConf.is_missing(cfg, name):
+        raise ValueError(f"{name} is required: {name}=RUN_DIR (a training run's output directory) or {name}=FILE.ckpt")
+    try:
+        value = cfg[name]
+    except OmegaConfBaseException as exc:  # an interpolation such as ${x} in a value
+        raise ValueError(f"{name}: {str(exc).splitlines()[0]} (write a literal '${{' as '\\${{')") from None
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+        hint = f"; Hydra read it as {type(value).__name__}, quote it: '{name}=\"...\"'" if kind is str else ""
+        raise ValueError(f"{name}={value}: expected {OPTION_KINDS[kind]}{' or null' if nullable else ''}{hint}")
+    return float(value) if kind is float else value
