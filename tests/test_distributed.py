@@ -12,14 +12,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import run_if, run_train_cli
 from mugpt.callbacks import DivergenceGuard
 from mugpt.data import FixedWindows, RandomWindows
 from mugpt.distributed import build_strategy, check_strategy, world_size
 from mugpt.inspection import evaluate_loss, load_run, validation_batches
 from mugpt.model import Block
 from mugpt.training import accumulation_steps, train
-
-from conftest import run_train_cli
 from test_parametrization import BASE, config, mup
 
 
@@ -83,6 +82,8 @@ def _ddp_worker(rank: int, processes: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_mup_under_ddp_matches_one_process_on_the_full_batch(tmp_path):
     """Two gloo ranks, half a batch each, one AdamW step with µP's per-group lrs = one process, full batch."""
     _spawn(_ddp_worker, tmp_path)
@@ -123,6 +124,8 @@ def _fsdp_worker(rank: int, processes: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_mup_under_fsdp_keeps_group_lrs_multipliers_and_the_step(tmp_path):
     """FSDP hands the optimizer flat 1-D shards with wrapper-prefixed names (mup's infshape is gone): every
     parameter still gets the single-device µP learning rate and decay, the forward multipliers still apply
@@ -163,6 +166,8 @@ DDP_RUN = ["+experiment=smoke", "parametrization=mup", "parametrization.base_wid
 TWO_CPU_PROCESSES = ["data.batch_size=4", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_lightning_ddp_two_cpu_processes_match_one_process(tmp_path, cache_dir):
     """`trainer=ddp trainer.accelerator=cpu trainer.devices=2` with 4 sequences per process trains exactly the
     run of one process with 8: same data, same µP steps, same validation loss (float tolerance)."""
@@ -179,6 +184,8 @@ def test_lightning_ddp_two_cpu_processes_match_one_process(tmp_path, cache_dir):
     assert single["val_loss"] < 5.2  # it learned: uniform guessing over bytes costs ln 256 = 5.55
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_multirun_of_ddp_jobs_runs_each_job_once(tmp_path, cache_dir):
     """Lightning relaunches DDP ranks from sys.argv; in a multirun that is the whole sweep (Lightning #11300).
     Each job's second rank must run that job only, in that job's directory, and the next job must start
@@ -190,7 +197,8 @@ def test_multirun_of_ddp_jobs_runs_each_job_once(tmp_path, cache_dir):
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
     assert jobs == ["0", "1"]
     summaries = [json.loads((sweep / j / "summary.json").read_text()) for j in jobs]
-    assert [(s["status"], s["lr"], s["processes"]) for s in summaries] == [("completed", 0.01, 2), ("completed", 0.02, 2)]
+    assert [(s["status"], s["lr"], s["processes"]) for s in summaries] == [
+        ("completed", 0.01, 2), ("completed", 0.02, 2)]
     assert summaries[0]["val_loss"] != summaries[1]["val_loss"]
     for job in jobs:  # the second rank ran inside its job's directory
         assert (sweep / job / "train_ddp_process_1.log").is_file()
@@ -224,6 +232,8 @@ def test_divergence_guard_stops_every_process_at_the_first_bad_step_any_saw():
             assert f"train loss {expected[1]} at step {expected[0]} " in guard.reason
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_lightning_ddp_run_that_diverges_stops_both_processes(tmp_path, cache_dir):
     run = tmp_path / "run"
     proc = run_train_cli([*DDP_RUN, *TWO_CPU_PROCESSES, "max_loss=1.0", "trainer.log_every_n_steps=2",
@@ -276,7 +286,7 @@ def test_world_size_and_global_batch_accumulation(make_cfg):
         accumulation_steps(cfg, 16)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's FSDP runs on CUDA GPUs only")
+@run_if(cuda=True, reason="Lightning's FSDP runs on CUDA GPUs only")
 def test_lightning_fsdp_on_one_gpu_trains_like_single_device(make_cfg):
     """trainer=fsdp on one GPU: the µP groups Lightning's optimizer gets are the single-device ones, and the
     run's losses match a run without FSDP (float tolerance: FSDP reduces in another order)."""
@@ -288,6 +298,8 @@ def test_lightning_fsdp_on_one_gpu_trains_like_single_device(make_cfg):
     assert sharded["val_loss"] == pytest.approx(single["val_loss"], abs=2e-3)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_ddp_runs_logged_validation_loss_is_reproduced_from_its_checkpoint(tmp_path, cache_dir):
     """Two processes each validated half of every global batch; re-evaluating the checkpoint in one process
     must read the same windows (data.val_batches global batches) and give the logged loss."""

@@ -9,9 +9,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from conftest import CONF_DIR, compose_config
 from mugpt.mutransfer import analyse, best_log2_lr, chosen_settings, grid, report, run_pipeline
 from mugpt.training import check_config, train
-from conftest import CONF_DIR, compose_config
 
 
 def rows_from(curves: dict) -> list[dict]:
@@ -65,7 +65,8 @@ def test_pipeline_transfers_the_donors_best_and_skips_diverged_donors(tmp_path):
             return {"status": "diverged", "val_loss": float("nan")}
         return {"status": "completed", "val_loss": (e + 7) ** 2 / 10 + (0.1 if o["parametrization"] == "sp" else 0)}
 
-    cfg = OmegaConf.create({"training_experiment": "mutransfer_lr", "parametrizations": ["sp", "mup"], "donor_width": 32,
+    cfg = OmegaConf.create({"training_experiment": "mutransfer_lr", "parametrizations": ["sp", "mup"],
+                            "donor_width": 32,
                             "target_width": 128, "search": {"lr_log2": [-8, -7, -4]}, "seeds": [0],
                             "overrides": ["trainer.max_steps=5"], "output_dir": str(tmp_path)})
     result = run_pipeline(cfg, fake_run)
@@ -96,9 +97,11 @@ def test_pipeline_transfers_the_donors_best_and_skips_diverged_donors(tmp_path):
     mup_donors = [c for c in calls if "model.width=32" in c and "parametrization=mup" in c]
     assert len(mup_donors) == 4 and all(any(o.startswith("model.init_std=") for o in c) for c in mup_donors)
     # the settings the report draws each donor curve at: all searched keys but the learning rate
-    assert chosen_settings(result) == (["parametrization.output_mult"], {"sp": {}, "mup": {"parametrization.output_mult": 1}})
+    assert chosen_settings(result) == (["parametrization.output_mult"],
+                                       {"sp": {}, "mup": {"parametrization.output_mult": 1}})
 
 
+@pytest.mark.slow
 def test_miniature_sweep_through_the_report(tmp_path, cache_dir):
     """Real runs (two widths, two learning rates, one absurd one that must diverge) → CSV, PNG, analysis."""
     sweep = tmp_path / "sweep"
@@ -130,6 +133,7 @@ def test_miniature_sweep_through_the_report(tmp_path, cache_dir):
     assert len(picked_rows) == len(jobs) and {r["optim.warmup_steps"] for r in picked_rows} == {"2"}
 
 
+@pytest.mark.slow
 def test_gpu_experiment_inherits_the_cpu_setup_and_survives_the_gpt2_vocabulary(tmp_path, cache_dir):
     """+experiment=mutransfer_gpu: GPT-2 BPE and bf16, the CPU experiment's optimizer setup, and a divergence
     bound above the GPT-2 vocabulary's starting loss (ln 50257 = 10.8), so that a healthy run is not stopped."""

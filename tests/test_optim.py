@@ -6,10 +6,20 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from conftest import run_if
+from mugpt.config import load_optim_config
 from mugpt.model import GPTConfig
 from mugpt.optim import (
-    OPTIMIZERS, MuonWithAdamW, mup_family, _adam8bit_backend, build_optimizer, build_scheduler, check_optimizer, check_schedule,
-    lr_factor, optimizer_state_bytes,
+    OPTIMIZERS,
+    MuonWithAdamW,
+    _adam8bit_backend,
+    build_optimizer,
+    build_scheduler,
+    check_optimizer,
+    check_schedule,
+    lr_factor,
+    mup_family,
+    optimizer_state_bytes,
 )
 from mugpt.parametrization import MaximalUpdateParametrization, get_parametrization
 
@@ -88,12 +98,12 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "optim"
 ZOO = ["adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon"]
 HIDDEN = ("qkv.weight", "attn.proj.weight", "fc.weight", "mlp.proj.weight")
 HAS_8BIT = _adam8bit_backend(torch.cuda.is_available()) is not None
-needs_8bit = pytest.mark.skipif(not HAS_8BIT, reason="adam8bit needs torchao (pip install torchao) or, on CUDA, bitsandbytes")
-zoo = [pytest.param(n, marks=needs_8bit) if n == "adam8bit" else n for n in ZOO]
+needs_8bit = run_if(adam8bit=True)
+zoo = [pytest.param(n, marks=[needs_8bit, pytest.mark.slow]) if n == "adam8bit" else n for n in ZOO]
 
 
 def optim_cfg(name, **kw):
-    return OmegaConf.merge(OmegaConf.load(CONF / f"{name}.yaml"), kw)
+    return load_optim_config(name, **kw)
 
 
 def tiny(width=64):
@@ -101,15 +111,17 @@ def tiny(width=64):
 
 
 def sp_optimizer(model, cfg, device="cpu"):
-    groups = get_parametrization({"name": "sp"}).param_groups(model, cfg.lr, cfg.weight_decay, family=mup_family(cfg.name))
+    groups = get_parametrization({"name": "sp"}).param_groups(model, cfg.lr, cfg.weight_decay,
+                                                              family=mup_family(cfg.name))
     return build_optimizer(groups, cfg, on_cuda=device == "cuda")
 
 
 def test_the_zoo_is_complete():
     assert sorted(OPTIMIZERS) == sorted(ZOO)
     for name in ZOO:
-        cfg = OmegaConf.load(CONF / f"{name}.yaml")
+        cfg = load_optim_config(name)
         assert cfg.name == name
+        assert OmegaConf.load(CONF / f"{name}.yaml").defaults[0] == f"schema_{name}"  # the shared keys' one home
         for key in ("lr", "weight_decay", "grad_clip", "schedule", "warmup_steps", "min_lr_ratio", "decay_fraction",
                     "exp_gamma"):
             assert key in cfg, (name, key)

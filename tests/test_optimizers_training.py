@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_if
 from mugpt.optim import _adam8bit_backend
 from mugpt.training import train
 
@@ -18,9 +19,10 @@ HAS_8BIT = _adam8bit_backend(torch.cuda.is_available()) is not None
 # µP learns slower here because its hidden lr is the base lr / 2. The bar is set below the smallest (adam, µP).
 MARGIN = 0.5
 STATE_BYTES_PER_PARAM = {"adamw": 8, "adam": 8, "sgd": 4, "adagrad": 4, "rmsprop": 4}
-NEEDS_8BIT = pytest.mark.skipif(not HAS_8BIT, reason="adam8bit needs torchao (pip install torchao) or, on CUDA, bitsandbytes")
-RUNS = [pytest.param(name, par, marks=NEEDS_8BIT) if name == "adam8bit" else (name, par)
-        for name in ("adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon") for par in ("sp", "mup")]
+NEEDS_8BIT = run_if(adam8bit=True)
+RUNS = [pytest.param(name, par, marks=[NEEDS_8BIT, pytest.mark.slow]) if name == "adam8bit" else (name, par)
+        for name in ("adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon")
+        for par in ("sp", "mup")]
 
 
 def params_for(parametrization):

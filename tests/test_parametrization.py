@@ -187,7 +187,8 @@ def test_bad_mup_options_are_rejected(options, match):
 def test_optimizer_family_without_mup_rule_is_rejected():
     p = mup()
     model = p.build_model(config(128))
-    with pytest.raises(ValueError, match="parametrization=mup has no learning-rate rule for the optimizer family 'lion'"):
+    with pytest.raises(ValueError, match="parametrization=mup has no learning-rate rule for the optimizer "
+                                         "family 'lion'"):
         p.param_groups(model, 1e-3, 0.0, family="lion")
 
 

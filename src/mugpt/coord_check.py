@@ -1,7 +1,8 @@
 """Coordinate check (Tensor Programs V, figure 5): does an activation's size stay put as the model widens?
 
 For each parametrization (SP, µP), width and seed, a GPT is built with the project's own parametrization,
-trained for a few optimizer steps (AdamW unless `optim=` says otherwise) at a fixed learning rate on random windows of Shakespeare, and after each
+trained for a few optimizer steps (AdamW unless `optim=` says otherwise) at a fixed learning rate on random
+windows of Shakespeare, and after each
 update the mean |x| of a few activations is measured on one fixed batch. Under µP every hidden activation
 stays Θ(1) in width (a flat line against log width) at every step; under SP the updates make them grow
 with width from the first step on, the faster the higher the learning rate.
@@ -22,8 +23,9 @@ import math
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
@@ -34,7 +35,8 @@ def build_strategy(strategy: Any) -> Any:
     options = OmegaConf.to_container(strategy, resolve=True) if isinstance(strategy, DictConfig) else dict(strategy)
     name = options.pop("name", None)
     if name != "fsdp":
-        raise ValueError(f"trainer.strategy: unknown strategy mapping name '{name}' (use a strategy name, or name: fsdp)")
+        raise ValueError(f"trainer.strategy: unknown strategy mapping name '{name}' "
+                         f"(use a strategy name, or name: fsdp)")
     return fsdp_strategy(**options)
 
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal, Mapping
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
-
 
 # Kernels behind F.scaled_dot_product_attention that a config can pin (GPU benchmarks compare them).
 SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -230,7 +230,7 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------- GPT-2 weights
     @classmethod
-    def from_hf_state_dict(cls, state_dict: Mapping[str, torch.Tensor], n_head: int, **overrides) -> "GPT":
+    def from_hf_state_dict(cls, state_dict: Mapping[str, torch.Tensor], n_head: int, **overrides) -> GPT:
         """Build a model from a GPT-2 state dict in the Hugging Face `transformers` layout.
 
         HF's GPT-2 stores its linear layers as Conv1D (weight shape (in, out)), so those are transposed.

@@ -7,6 +7,7 @@ are assembled), so this file only says what happens at each step.
 from __future__ import annotations
 
 import math
+
 import lightning as L
 import torch
 from torchmetrics import MeanMetric

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -176,7 +177,8 @@ def _adafactor(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     relative = bool(cfg.relative_step)
     if relative and _under_mup(groups):
         raise ValueError("optim.relative_step=true scales each step by the weight's RMS (∝ width^-1/2 for µP hidden "
-                         "weights), which breaks µP's learning-rate rule: use optim.relative_step=false with parametrization=mup")
+                         "weights), which breaks µP's learning-rate rule: use optim.relative_step=false with "
+                         "parametrization=mup")
     eps2 = cfg.eps2 if relative else 1.0
     return torch.optim.Adafactor(groups, lr=cfg.lr, beta2_decay=cfg.beta2_decay, eps=(None, eps2), d=cfg.clip_threshold,
                                  foreach=True)
@@ -194,7 +196,7 @@ def _adam8bit_backend(on_cuda: bool) -> tuple[str, type] | None:
             pass
     for module in ("torchao.optim", "torchao.prototype.low_bit_optim"):  # torchao moved it out of prototype
         try:
-            return "torchao", getattr(__import__(module, fromlist=["AdamW8bit"]), "AdamW8bit")
+            return "torchao", __import__(module, fromlist=["AdamW8bit"]).AdamW8bit
         except (ImportError, AttributeError):
             continue
     return None
@@ -248,7 +250,8 @@ class MuonWithAdamW(Optimizer):
     `state`, so a scheduler setting a group's lr, zero_grad, gradient clipping, state_dict()/load_state_dict()
     and Lightning's device moves all see one ordinary torch optimizer."""
 
-    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon_kwargs: dict, adamw_kwargs: dict) -> None:
+    def __init__(self, muon_groups: list[dict], adamw_groups: list[dict], muon_kwargs: dict,
+                 adamw_kwargs: dict) -> None:
         if not muon_groups:
             raise ValueError("optim.name=muon: the model has no 2-D hidden matrices for Muon")
         self.muon = torch.optim.Muon(muon_groups, **muon_kwargs)
@@ -315,7 +318,8 @@ def check_optimizer(cfg: Any, on_cuda: bool = False) -> None:
     if cfg.name == "muon" and not hasattr(torch.optim, "Muon"):
         raise ImportError(f"optim.name=muon: needs torch>=2.9 (torch.optim.Muon); this is torch {torch.__version__}")
     if cfg.name == "adafactor" and not hasattr(torch.optim, "Adafactor"):
-        raise ImportError(f"optim.name=adafactor: needs torch>=2.5 (torch.optim.Adafactor); this is torch {torch.__version__}")
+        raise ImportError(f"optim.name=adafactor: needs torch>=2.5 (torch.optim.Adafactor); "
+                          f"this is torch {torch.__version__}")
 
 
 def build_optimizer(groups: list[dict], cfg: Any, on_cuda: bool = False) -> Optimizer:

@@ -27,7 +27,6 @@ from mup.infshape import InfShape
 
 from mugpt.model import GPT, GPTConfig
 
-
 # What a parameter is to an optimizer. Hidden: a matrix both of whose dimensions grow with width; embedding:
 # the token and position tables (and the readout tied to the token table); readout: an untied output matrix;
 # vector: biases and LayerNorm gains (anything below 2-D).
@@ -177,7 +176,8 @@ class MaximalUpdateParametrization:
     # ---------------------------------------------------------------- build
     def _with_multipliers(self, config: GPTConfig, width: int) -> GPTConfig:
         if width % config.n_head:
-            raise ValueError(f"parametrization.base_width: width {width} is not divisible by model.n_head={config.n_head}")
+            raise ValueError(f"parametrization.base_width: width {width} is not divisible by "
+                             f"model.n_head={config.n_head}")
         alpha = self.attn_alpha if self.attn_alpha is not None else math.sqrt(self.base_width // config.n_head)
         return replace(config, width=width, attn_scale=alpha / (width // config.n_head), embed_mult=self.input_mult)
 
@@ -290,4 +290,5 @@ def parametrization_class(name: str) -> type:
     try:
         return PARAMETRIZATIONS[name]
     except KeyError:
-        raise ValueError(f"parametrization: unknown option '{name}' (choose one of {', '.join(PARAMETRIZATIONS)})") from None
+        raise ValueError(f"parametrization: unknown option '{name}' "
+                         f"(choose one of {', '.join(PARAMETRIZATIONS)})") from None

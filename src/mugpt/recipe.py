@@ -13,8 +13,9 @@ everything outside Lightning calls `train_step`, so a change to clipping, autoca
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -49,7 +50,7 @@ class Recipe:
 
     @classmethod
     def from_config(cls, model: Mapping[str, Any], parametrization: Mapping[str, Any], optim: Mapping[str, Any],
-                    **model_overrides: Any) -> "Recipe":
+                    **model_overrides: Any) -> Recipe:
         """From config sections (DictConfigs or dicts). Keys of `model` that GPTConfig does not have are ignored
         (experiment configs may carry notes there); `model_overrides` win (e.g. the tokenizer's vocab_size)."""
         known = {f.name for f in fields(GPTConfig)}

@@ -1,0 +1,161 @@
+"""Typed schemas for the config groups whose types matter: the schedule, every optimizer, the data.
+
+Each conf/optim/NAME.yaml starts from `optim/schema_NAME` and each conf/data/*.yaml from `data/schema`, so
+Hydra checks types when it composes: `optim.lr=abc` or `+optim.betas2=1` fails there, with the key named,
+before anything is built. Values (ranges, cross-field rules) are checked later by `mugpt.optim.check_*` and
+the DataModule. The schedule keys live once, in `ScheduleConfig`, which every optimizer's schema extends.
+
+Hydra finds these schemas in its ConfigStore, and `${pow2:...}` in OmegaConf's resolvers: every entry point that
+composes the project's configs calls `register_configs()` first (src/train.py, the scripts, the tests' compose
+helper); importing a module registers nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule, a multiplier of every group's lr (so µP's per-group ratios survive)."""
+
+    schedule: str = "cosine"  # cosine | constant | linear | wsd | exponential
+    warmup_steps: int = 20  # linear warmup over this many optimizer steps
+    min_lr_ratio: float = 0.1  # floor of cosine/linear/wsd, as a fraction of lr
+    decay_fraction: float = 0.2  # wsd: the share of training spent decaying
+    exp_gamma: float = 1.0  # exponential: the multiplier per step after warmup
+
+
+@dataclass
+class OptimConfig(ScheduleConfig):
+    """What every optimizer has: its name in the zoo, the base lr (µP: the lr at parametrization.base_width),
+    decay on ≥2-D weights, and the global gradient-norm clip (null: none)."""
+
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = 0.0
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class AdamWConfig(OptimConfig):
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    fused: Any = "auto"  # auto: the fused kernel on CUDA; true/false force it
+
+
+@dataclass
+class AdamConfig(AdamWConfig):
+    pass
+
+
+@dataclass
+class Adam8bitConfig(OptimConfig):
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+
+
+@dataclass
+class SGDConfig(OptimConfig):
+    momentum: float = 0.9
+    nesterov: bool = True
+    fused: Any = "auto"
+
+
+@dataclass
+class AdagradConfig(OptimConfig):
+    eps: float = 1e-10
+    initial_accumulator_value: float = 0.0
+
+
+@dataclass
+class RMSpropConfig(OptimConfig):
+    alpha: float = 0.99  # EMA factor of g²
+    eps: float = 1e-8
+    momentum: float = 0.0
+    centered: bool = False
+
+
+@dataclass
+class AdafactorConfig(OptimConfig):
+    relative_step: bool = False  # true: the step is lr·RMS(weight) (SP only)
+    eps2: float = 1e-3  # floor of RMS(weight) when relative_step=true
+    beta2_decay: float = -0.8  # second-moment EMA factor 1 - t^beta2_decay
+    clip_threshold: float = 1.0  # the update is scaled down when its RMS exceeds this
+
+
+@dataclass
+class MuonConfig(AdamWConfig):
+    adamw_lr: float = 3e-3  # the AdamW part's lr (embeddings, readout, vectors)
+    momentum: float = 0.95
+    nesterov: bool = True
+    ns_steps: int = 5  # Newton-Schulz iterations
+    adjust_lr_fn: str = "original"  # original | spectral_unclamped | match_rms_adamw (SP only)
+
+
+OPTIM_SCHEMAS: dict[str, type[OptimConfig]] = {
+    "adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig,
+    "rmsprop": RMSpropConfig, "adafactor": AdafactorConfig, "adam8bit": Adam8bitConfig, "muon": MuonConfig,
+}
+
+
+@dataclass
+class DataConfig:
+    """The DataModule's options (mugpt.data.TextDataModule)."""
+
+    _target_: str = "mugpt.data.TextDataModule"
+    source: str = "shakespeare"  # shakespeare | text | hf
+    path: str | None = None  # text: a file, folder or glob; hf: the dataset's name
+    tokenizer: str = "gpt2"  # gpt2 (tiktoken's GPT-2 BPE, offline) | byte
+    batch_size: int = 16  # micro-batch, in sequences, per process
+    val_fraction: float = 0.1
+    val_batches: int = 4
+    cache_dir: str = "~/.cache/mugpt"
+    num_workers: int = 0
+    seed: int = 1337
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_text_field: str = "text"
+    hf_max_chars: int = 50_000_000
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore and the resolvers into OmegaConf (safe to call again)."""
+    from hydra.core.config_store import ConfigStore
+
+    # `optim.lr: ${pow2:${lr_log2}}` lets a sweep run a log2 learning-rate grid as `lr_log2=range(-12,-3)`
+    OmegaConf.register_new_resolver("pow2", lambda exponent: 2.0 ** float(exponent), replace=True)
+
+    store = ConfigStore.instance()
+    for name, schema in OPTIM_SCHEMAS.items():
+        store.store(group="optim", name=f"schema_{name}", node=schema)
+    store.store(group="data", name="schema", node=DataConfig)
+
+
+def load_optim_config(name: str, **overrides: Any) -> DictConfig:
+    """conf/optim/NAME.yaml on its schema, with `overrides`: the optimizer config as a training run composes it,
+    for code that builds an optimizer without composing a whole run (benchmarks, comparisons, tests)."""
+    if name not in OPTIM_SCHEMAS:
+        raise ValueError(f"optim.name: unknown optimizer '{name}' (choose one of {', '.join(OPTIM_SCHEMAS)})")
+    written = OmegaConf.load(CONF_DIR / "optim" / f"{name}.yaml")
+    written.pop("defaults", None)
+    return OmegaConf.merge(OmegaConf.structured(OPTIM_SCHEMAS[name]), written, overrides)
+
+
+def compose_training_config(overrides: list[str]) -> DictConfig:
+    """The training config `python src/train.py OVERRIDES` would run, composed with Hydra's compose API (for
+    scripts that launch runs themselves, and for tests). `output_dir` must be among the overrides: there is no
+    Hydra run directory to default to."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
