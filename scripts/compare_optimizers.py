@@ -1,54 +1,184 @@
-"""Time to target for every optimizer of the zoo, each at its best learning rate from a small sweep.
+"""Time to target for every optimizer of the zoo, each at its best learning rate from a small sweep:
+`python scripts/compare_optimizers.py [overrides]` (config: conf/compare_optimizers.yaml).
 
 For each optimizer: train the same tiny byte-level GPT on Shakespeare (through `mugpt.training.train`, configs
 composed with Hydra's compose API exactly as src/train.py composes them) at a few log2-spaced learning rates
 around its default, keep the lr with the lowest final validation loss, and report for it the final val loss and
 the steps, tokens and seconds it took to reach a target val loss, plus the optimizer state in bytes per parameter.
-Writes optimizers.md (table), optimizers.csv (every run), optimizers_best.csv and optimizers.png into --out.
+Writes optimizers.md (table), optimizers.csv (every run), optimizers_best.csv and optimizers.png into `out`
+(default scripts/results/optimizers), each run into out/runs/.
 
     python scripts/compare_optimizers.py                    # about 5 minutes on a busy 2-core CPU
-    python scripts/compare_optimizers.py --optimizers adamw muon --lr-factors 0.5 1 2 --steps 300
+    python scripts/compare_optimizers.py "optimizers=[adamw,muon]" "lr_factors=[0.5,1,2]" steps=300
+    python scripts/compare_optimizers.py mup=false out=/tmp/optimizers_sp
 
 The parametrization is µP at its own base width (parametrization.base_width = model width), where µP computes
-exactly SP's function with SP's learning rates; --parametrization sp runs the same comparison under SP.
+exactly SP's function with SP's learning rates; mup=false runs the same comparison under SP.
+Options are Hydra overrides (each explained in conf/compare_optimizers.yaml); a bad one is refused in one line
+naming it (`error: steps=0: must be a positive integer`) before any run trains. Hydra's log and the options used
+(.hydra/) go to outputs/compare_optimizers/DATE/TIME, or hydra.run.dir=...
 """
 
-from __future__ import annotations
-
-import argparse
 import csv
 import logging
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import hydra
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
+from omegaconf.errors import OmegaConfBaseException
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = str(ROOT / "conf")
+from mugpt.config import compose_training_config, register_configs
+
 ZOO = ("adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon")
 log = logging.getLogger("compare_optimizers")
 
 
-def compose_run(name: str, lr: float, args: argparse.Namespace, output_dir: Path) -> DictConfig:
+# ------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class Options:
+    """The checked options of conf/compare_optimizers.yaml."""
+
+    optimizers: tuple[str, ...]
+    lr_factors: tuple[float, ...]
+    steps: int
+    eval_every: int
+    target: float
+    width: int
+    n_layer: int
+    n_head: int
+    block_size: int
+    batch_size: int
+    val_batches: int
+    seed: int
+    mup: bool
+    threads: int | None
+    out: Path
+
+    @property
+    def parametrization(self) -> str:
+        """The runs' parametrization=: µP (at base_width = width) or SP."""
+        return "mup" if self.mup else "sp"
+
+
+KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    try:
+        return cfg[key]
+    except OmegaConfBaseException as exc:  # an interpolation such as ${x} in a value
+        raise ValueError(f"{key}: {str(exc).splitlines()[0]}") from None
+
+
+def _is(value: Any, kind: type) -> bool:
+    """Is `value`, as Hydra parsed it, of `kind` (an int is a number too; a bool is only a bool)?"""
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def option(cfg: DictConfig, key: str, kind: type, nullable: bool = False, positive: bool = False) -> Any:
+    """cfg[key] checked to be of `kind` (and > 0 with positive=True); the error names KEY=VALUE."""
+    value = _value(cfg, key)
+    if value is None and nullable:
+        return None
+    wanted = ("a positive " + KINDS[kind].removeprefix("an ").removeprefix("a ")) if positive else KINDS[kind]
+    if not _is(value, kind) or (positive and not value > 0) or (kind is float and not math.isfinite(value)):
+        raise ValueError(f"{key}={value}: must be {wanted}{' or null' if nullable else ''}")
+    return float(value) if kind is float else value
+
+
+def list_option(cfg: DictConfig, key: str, kind: type) -> list:
+    """cfg[key] as a non-empty list of `kind` without repeats; a single value is a list of one."""
+    value = _value(cfg, key)
+    items = list(value) if isinstance(value, (list, ListConfig)) else [value]
+    shown = f"[{','.join(str(v) for v in items)}]" if isinstance(value, (list, ListConfig)) else str(value)
+    if not items or not all(_is(v, kind) for v in items):
+        raise ValueError(f"{key}={shown}: must be a list of {KINDS[kind].removeprefix('an ').removeprefix('a ')}s, "
+                         f"e.g. {key}=[{'adamw,muon' if kind is str else '0.5,1,2'}]")
+    repeated = sorted({str(v) for v in items if items.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{key}={shown}: {', '.join(repeated)} listed twice")
+    return [float(v) if kind is float else v for v in items]
+
+
+def read_options(cfg: DictConfig) -> Options:
+    """The typed, checked options: every refusal (one line naming KEY=VALUE) comes before anything trains."""
+    optimizers = list_option(cfg, "optimizers", str)
+    unknown = [name for name in optimizers if name not in ZOO]
+    if unknown:
+        raise ValueError(f"optimizers=[{','.join(optimizers)}]: unknown optimizer {', '.join(map(repr, unknown))} "
+                         f"(choose from {', '.join(ZOO)})")
+    lr_factors = list_option(cfg, "lr_factors", float)
+    bad = [f for f in lr_factors if not (f > 0 and math.isfinite(f))]
+    if bad:
+        raise ValueError(f"lr_factors=[{','.join(f'{f:g}' for f in lr_factors)}]: {bad[0]:g} is not a positive "
+                         f"number (each is a multiple of the optimizer's default lr)")
+    ints = {k: option(cfg, k, int, positive=True)
+            for k in ("steps", "eval_every", "width", "n_layer", "n_head", "block_size", "batch_size", "val_batches")}
+    if ints["width"] % ints["n_head"]:
+        raise ValueError(f"width={ints['width']}: not divisible by n_head={ints['n_head']}")
+    return Options(optimizers=tuple(optimizers), lr_factors=tuple(lr_factors), **ints,
+                   target=option(cfg, "target", float, positive=True), seed=option(cfg, "seed", int),
+                   mup=option(cfg, "mup", bool), threads=option(cfg, "threads", int, nullable=True, positive=True),
+                   out=Path(option(cfg, "out", str)))
+
+
+# --------------------------------------------------------------------------------------------- runs
+@dataclass(frozen=True)
+class Run:
+    """One training run of the comparison: an optimizer at one lr of its grid."""
+
+    optimizer: str
+    lr_factor: float
+    lr: float
+    output_dir: Path
+    cfg: DictConfig
+
+
+def compose_run(name: str, lr: float, opts: Options, output_dir: Path) -> DictConfig:
     overrides = [
         f"optim={name}", f"optim.lr={lr}", f"output_dir={output_dir}", "logger=csv",
-        "model=tiny", f"model.width={args.width}", f"model.n_layer={args.n_layer}", f"model.n_head={args.n_head}",
-        f"model.block_size={args.block_size}", "data.tokenizer=byte", f"data.batch_size={args.batch_size}",
-        f"data.val_batches={args.val_batches}", f"trainer.max_steps={args.steps}", f"eval_every={args.eval_every}",
+        "model=tiny", f"model.width={opts.width}", f"model.n_layer={opts.n_layer}", f"model.n_head={opts.n_head}",
+        f"model.block_size={opts.block_size}", "data.tokenizer=byte", f"data.batch_size={opts.batch_size}",
+        f"data.val_batches={opts.val_batches}", f"trainer.max_steps={opts.steps}", f"eval_every={opts.eval_every}",
         "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        f"seed={args.seed}", f"parametrization={args.parametrization}", "checkpoint.every_n_steps=0",
+        f"seed={opts.seed}", f"parametrization={opts.parametrization}", "checkpoint.every_n_steps=0",
     ]
-    if args.parametrization == "mup":
-        overrides.append(f"parametrization.base_width={args.width}")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    if opts.parametrization == "mup":
+        overrides.append(f"parametrization.base_width={opts.width}")
+    return compose_training_config(overrides)
+
+
+def plan_runs(opts: Options) -> tuple[list[Run], dict[str, str]]:
+    """Every run, composed and checked as src/train.py would check it (mugpt.training.check_config), before the
+    first trains; and the optimizers that cannot run on this machine (optimizer → why), which are skipped."""
+    from mugpt.training import check_config
+
+    runs, skipped = [], {}
+    for name in opts.optimizers:
+        why = unavailable(name)
+        if why:
+            skipped[name] = why
+            continue
+        default_lr = float(default_optim(name).lr)
+        for factor in opts.lr_factors:
+            lr = float(f"{default_lr * factor:.4g}")
+            output_dir = opts.out / "runs" / f"{name}_lr{lr:g}"
+            cfg = compose_run(name, lr, opts, output_dir)
+            try:
+                check_config(cfg)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (in the run of optim={name} optim.lr={lr:g})") from exc
+            runs.append(Run(name, factor, lr, output_dir, cfg))
+    return runs, skipped
 
 
 def read_history(output_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
@@ -75,32 +205,32 @@ def step_to_target(history: list[tuple[int, float]], target: float) -> float:
     return math.inf
 
 
-def state_bytes_per_param(name: str, lr: float, args: argparse.Namespace) -> float:
+def state_bytes_per_param(name: str, lr: float, opts: Options) -> float:
     """Optimizer state of this optimizer on this model after one step, in bytes per parameter."""
     from mugpt.optim import optimizer_state_bytes
     from mugpt.recipe import Recipe, train_step
 
     cfg = default_optim(name)
     cfg.lr = lr
-    options = {"name": args.parametrization, **({"base_width": args.width} if args.parametrization == "mup" else {})}
-    recipe = Recipe.from_config(dict(vocab_size=256, block_size=args.block_size, width=args.width,
-                                     n_layer=args.n_layer, n_head=args.n_head), options, cfg)
+    options = {"name": opts.parametrization, **({"base_width": opts.width} if opts.parametrization == "mup" else {})}
+    recipe = Recipe.from_config(dict(vocab_size=256, block_size=opts.block_size, width=opts.width,
+                                     n_layer=opts.n_layer, n_head=opts.n_head), options, cfg)
     device = "cuda" if name == "adam8bit" and torch.cuda.is_available() else "cpu"
     model = recipe.build_model(device)
     optimizer, _ = recipe.build_optimizer(model, max_steps=1, on_cuda=device == "cuda")
-    x = torch.randint(0, 256, (2, args.block_size + 1), device=device)
+    x = torch.randint(0, 256, (2, opts.block_size + 1), device=device)
     train_step(model, optimizer, None, [(x[:, :-1], x[:, 1:].contiguous())], grad_clip=recipe.grad_clip)
     return optimizer_state_bytes(optimizer)["bytes_per_param"]
 
 
 def default_optim(name: str) -> DictConfig:
-    """conf/optim/<name>.yaml as written (its default lr and options)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf" / "optim"), version_base="1.3"):
-        return compose(config_name=name)
+    """conf/optim/<name>.yaml on its schema (its default lr and options)."""
+    from mugpt.config import load_optim_config
+
+    return load_optim_config(name)
 
 
-def unavailable(name: str, parametrization: str) -> str | None:
+def unavailable(name: str) -> str | None:
     """Why `name` cannot run here, or None."""
     from mugpt.optim import check_optimizer
 
@@ -111,6 +241,7 @@ def unavailable(name: str, parametrization: str) -> str | None:
     return None
 
 
+# ------------------------------------------------------------------------------------------ report
 def plot(best: list[dict], histories: dict, path: Path, title: str, target: float) -> None:
     import matplotlib
 
@@ -132,13 +263,15 @@ def plot(best: list[dict], histories: dict, path: Path, title: str, target: floa
     plt.close(fig)
 
 
-def markdown(best: list[dict], skipped: dict[str, str], args: argparse.Namespace, seconds: float) -> str:
+def markdown(best: list[dict], skipped: dict[str, str], opts: Options, seconds: float) -> str:
     lines = [
-        f"Tiny GPT (width {args.width}, {args.n_layer} layers, {args.n_head} heads, block {args.block_size}), byte-level "
-        f"Shakespeare, batch {args.batch_size}, {args.steps} steps, cosine schedule with each optimizer's warmup, "
-        f"parametrization={args.parametrization}" + (" at its base width (= SP)" if args.parametrization == "mup" else "")
-        + f", seed {args.seed}. lr grid: default x {', '.join(f'{f:g}' for f in args.lr_factors)}; "
-        f"`*` = best lr at the edge of the grid. Target: val loss {args.target:g}. Total {seconds / 60:.1f} min.",
+        f"Tiny GPT (width {opts.width}, {opts.n_layer} layers, {opts.n_head} heads, block {opts.block_size}), "
+        f"byte-level "
+        f"Shakespeare, batch {opts.batch_size}, {opts.steps} steps, cosine schedule with each optimizer's warmup, "
+        f"parametrization={opts.parametrization}"
+        + (" at its base width (= SP)" if opts.parametrization == "mup" else "")
+        + f", seed {opts.seed}. lr grid: default x {', '.join(f'{f:g}' for f in opts.lr_factors)}; "
+        f"`*` = best lr at the edge of the grid. Target: val loss {opts.target:g}. Total {seconds / 60:.1f} min.",
         "",
         "| optimizer | best lr | final val loss | steps to target | tokens to target | seconds to target | "
         "state B/param |",
@@ -156,96 +289,82 @@ def markdown(best: list[dict], skipped: dict[str, str], args: argparse.Namespace
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--optimizers", nargs="+", default=list(ZOO), choices=ZOO)
-    p.add_argument("--lr-factors", nargs="+", type=float, default=[0.5, 1.0, 2.0],
-                   help="multiples of each optimizer's default lr (conf/optim/<name>.yaml)")
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--eval-every", type=int, default=25)
-    p.add_argument("--target", type=float, default=2.9, help="val loss (nats per byte) to time the optimizers to")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--n-layer", type=int, default=2)
-    p.add_argument("--n-head", type=int, default=2)
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--val-batches", type=int, default=4)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--parametrization", choices=("mup", "sp"), default="mup")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads; on a shared 2-core machine 1 thread ran this model 6x faster than 2")
-    p.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "optimizers")
-    args = p.parse_args(argv)
-
+# -------------------------------------------------------------------------------------------- main
+def compare_optimizers(cfg: DictConfig) -> str:
+    """The script without Hydra's entry point (tests call it with a composed config); returns the table."""
+    try:  # every option and every run's training config checked before the first run trains
+        opts = read_options(cfg)
+        runs, skipped = plan_runs(opts)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
     os.environ.setdefault("WANDB_MODE", "offline")
-    torch.set_num_threads(args.threads)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     from mugpt.training import train  # imports Lightning, which sets its loggers' levels: quieten them after
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "mugpt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    log.setLevel(logging.INFO)
+    for name, why in skipped.items():
+        log.info("%s: skipped (%s)", name, why)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    runs_dir = args.out / "runs"
+    opts.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    runs, histories, skipped = [], {}, {}
-    for name in args.optimizers:
-        why = unavailable(name, args.parametrization)
-        if why:
-            skipped[name] = why
-            log.info("%s: skipped (%s)", name, why)
-            continue
-        default_lr = float(default_optim(name).lr)
-        for factor in args.lr_factors:
-            lr = float(f"{default_lr * factor:.4g}")
-            out = runs_dir / f"{name}_lr{lr:g}"
-            summary = train(compose_run(name, lr, args, out))
-            val, _ = read_history(out)
-            histories[(name, lr)] = val
-            sec_per_step = (args.batch_size * args.block_size / summary["tokens_per_sec"]
-                            if summary.get("tokens_per_sec") else math.nan)
-            steps = step_to_target(val, args.target)
-            runs.append({
-                "optimizer": name, "lr": lr, "lr_factor": factor, "status": summary["status"],
-                "val_loss": summary.get("val_loss", math.nan), "steps_to_target": steps,
-                "tokens_to_target": steps * args.batch_size * args.block_size,
-                "seconds_to_target": steps * sec_per_step, "sec_per_step": sec_per_step,
-                "wall_seconds": summary.get("wall_seconds", math.nan),
-            })
-            log.info("%-9s lr=%-8g val %.3f  steps to %.2f: %s  (%.1f s)", name, lr, runs[-1]["val_loss"],
-                     args.target, f"{steps:.0f}" if math.isfinite(steps) else "-", runs[-1]["wall_seconds"])
+    rows, histories = [], {}
+    for run in runs:
+        summary = train(run.cfg)
+        val, _ = read_history(run.output_dir)
+        histories[(run.optimizer, run.lr)] = val
+        sec_per_step = (opts.batch_size * opts.block_size / summary["tokens_per_sec"]
+                        if summary.get("tokens_per_sec") else math.nan)
+        steps = step_to_target(val, opts.target)
+        rows.append({
+            "optimizer": run.optimizer, "lr": run.lr, "lr_factor": run.lr_factor, "status": summary["status"],
+            "val_loss": summary.get("val_loss", math.nan), "steps_to_target": steps,
+            "tokens_to_target": steps * opts.batch_size * opts.block_size,
+            "seconds_to_target": steps * sec_per_step, "sec_per_step": sec_per_step,
+            "wall_seconds": summary.get("wall_seconds", math.nan),
+        })
+        log.info("%-9s lr=%-8g val %.3f  steps to %.2f: %s  (%.1f s)", run.optimizer, run.lr, rows[-1]["val_loss"],
+                 opts.target, f"{steps:.0f}" if math.isfinite(steps) else "-", rows[-1]["wall_seconds"])
 
     best = []
-    for name in dict.fromkeys(r["optimizer"] for r in runs):
-        mine = [r for r in runs if r["optimizer"] == name and math.isfinite(r["val_loss"])]
+    for name in dict.fromkeys(r["optimizer"] for r in rows):
+        mine = [r for r in rows if r["optimizer"] == name and math.isfinite(r["val_loss"])]
         if not mine:
             skipped[name] = "every run diverged"
             continue
         b = dict(min(mine, key=lambda r: r["val_loss"]))
-        b["edge"] = b["lr_factor"] in (min(args.lr_factors), max(args.lr_factors)) and len(args.lr_factors) > 1
-        b["state_bytes_per_param"] = state_bytes_per_param(name, b["lr"], args)
+        b["edge"] = b["lr_factor"] in (min(opts.lr_factors), max(opts.lr_factors)) and len(opts.lr_factors) > 1
+        b["state_bytes_per_param"] = state_bytes_per_param(name, b["lr"], opts)
         best.append(b)
     seconds = time.perf_counter() - started
 
     columns = ["optimizer", "lr", "lr_factor", "status", "val_loss", "steps_to_target", "tokens_to_target",
                "seconds_to_target", "sec_per_step", "wall_seconds"]
-    with open(args.out / "optimizers.csv", "w", newline="") as f:
+    with open(opts.out / "optimizers.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
-        w.writerows({k: r[k] for k in columns} for r in runs)
-    with open(args.out / "optimizers_best.csv", "w", newline="") as f:
+        w.writerows({k: r[k] for k in columns} for r in rows)
+    with open(opts.out / "optimizers_best.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*columns, "edge", "state_bytes_per_param"])
         w.writeheader()
         w.writerows(best)
-    table = markdown(best, skipped, args, seconds)
-    (args.out / "optimizers.md").write_text(table)
-    plot(best, histories, args.out / "optimizers.png",
-         f"Validation loss at each optimizer's best lr (width {args.width}, {args.steps} steps, "
-         f"{args.parametrization})", args.target)
+    table = markdown(best, skipped, opts, seconds)
+    (opts.out / "optimizers.md").write_text(table)
+    plot(best, histories, opts.out / "optimizers.png",
+         f"Validation loss at each optimizer's best lr (width {opts.width}, {opts.steps} steps, "
+         f"{opts.parametrization})", opts.target)
     print(table)
-    log.info("wrote %s in %.1f min", args.out, seconds / 60)
-    return 0
+    log.info("wrote %s in %.1f min", opts.out, seconds / 60)
+    return table
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="compare_optimizers")
+def main(cfg: DictConfig) -> None:
+    compare_optimizers(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    register_configs()  # the optimizer and data schemas that the composed training configs start from
+    main()

@@ -1,5 +1,6 @@
 """Training loss by token frequency, SGD against AdamW (Kunstner et al. 2024, "Heavy-Tailed Class Imbalance and
-Why Adam Outperforms Gradient Descent on Language Models", figure 1).
+Why Adam Outperforms Gradient Descent on Language Models", figure 1):
+`python scripts/loss_by_frequency.py [overrides]` (config: conf/loss_by_frequency.yaml).
 
 Trains the same reduced GPT-2 on Shakespeare with the GPT-2 BPE tokenizer (heavy-tailed: a few tokens make up
 most of the text, tens of thousands are rare) twice, `optim=sgd` and `optim=adamw` at their default learning
@@ -8,61 +9,150 @@ them), with `diagnostics=on` and `logger=csv`. The diagnostics log the training 
 targets per token-frequency bucket (deciles of the training split's token occurrences: bucket 0 = the most
 frequent tokens making up the first 10% of the corpus, bucket 9 = the rare tail making up the last 10%).
 
-Writes into --out (default scripts/results/loss_by_frequency/):
+Writes into `out` (default scripts/results/loss_by_frequency/):
   loss_by_frequency.csv         optimizer, step, bucket, loss  (step: the updates done before the batch was
                                 measured, i.e. the metrics.csv row where Lightning logs that batch's train/loss)
   loss_by_frequency.png         per-bucket training loss over steps (SGD | AdamW) and the final loss by bucket
-  loss_by_frequency_final.csv   optimizer, bucket, loss (mean of the last --final-events events), token types
+  loss_by_frequency_final.csv   optimizer, bucket, loss (mean of the last `final_events` events), token types
                                 and share of the training tokens per bucket
+  module_norms.csv, .png        act/* and update/* of both runs over the run
   runs/<optimizer>/             each run's output directory (metrics.csv under csv/version_0/)
 
     python scripts/loss_by_frequency.py          # about 4 minutes on an idle 2-core CPU (12 on a shared one)
-    python scripts/loss_by_frequency.py --steps 400 --width 128 --n-layer 4
+    python scripts/loss_by_frequency.py steps=400 width=128 n_layer=4
+    python scripts/loss_by_frequency.py plot_only=true          # redraw from the runs already in `out`
 
 Per-bucket losses are measured on one batch each (about a tenth of its targets per bucket), so single events are
-noisy; the curves are a running mean over --smooth events.
+noisy; the curves are a running mean over `smooth` events.
+Options are Hydra overrides (each explained in conf/loss_by_frequency.yaml); a bad one is refused in one line
+naming it (`error: steps=0: must be a positive integer`) before any run trains. Hydra's log and the options used
+(.hydra/) go to outputs/loss_by_frequency/DATE/TIME, or hydra.run.dir=...
 """
 
-from __future__ import annotations
-
-import argparse
 import csv
 import logging
 import math
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import hydra
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = str(ROOT / "conf")
+from mugpt.config import compose_training_config, register_configs
+
 OPTIMIZERS = ("sgd", "adamw")
 TITLES = {"sgd": "SGD (Nesterov momentum 0.9)", "adamw": "AdamW"}
 log = logging.getLogger("loss_by_frequency")
 
 
-def compose_run(name: str, args: argparse.Namespace, output_dir: Path) -> DictConfig:
+# ------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class Options:
+    """The checked options of conf/loss_by_frequency.yaml."""
+
+    steps: int
+    every: int
+    buckets: int
+    width: int
+    n_layer: int
+    n_head: int
+    block_size: int
+    batch_size: int
+    sgd_lr: float | None
+    adamw_lr: float | None
+    seed: int
+    smooth: int
+    final_events: int
+    threads: int | None
+    plot_only: bool
+    out: Path
+
+
+KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def option(cfg: DictConfig, key: str, kind: type, nullable: bool = False, positive: bool = False) -> Any:
+    """cfg[key] as Hydra parsed it, checked to be of `kind` (and > 0 with positive=True; an int is a number too,
+    a bool is only a bool); the error names KEY=VALUE."""
+    try:
+        value = cfg[key]
+    except OmegaConfBaseException as exc:  # an interpolation such as ${x} in a value
+        raise ValueError(f"{key}: {str(exc).splitlines()[0]}") from None
+    if value is None and nullable:
+        return None
+    is_kind = kind is bool if isinstance(value, bool) else isinstance(value, (int, float) if kind is float else kind)
+    wanted = ("a positive " + KINDS[kind].removeprefix("an ").removeprefix("a ")) if positive else KINDS[kind]
+    if not is_kind or (positive and not value > 0) or (kind is float and not math.isfinite(value)):
+        raise ValueError(f"{key}={value}: must be {wanted}{' or null' if nullable else ''}")
+    return float(value) if kind is float else value
+
+
+def read_options(cfg: DictConfig) -> Options:
+    """The typed, checked options: every refusal (one line naming KEY=VALUE) comes before anything trains."""
+    ints = {k: option(cfg, k, int, positive=True) for k in
+            ("steps", "every", "buckets", "width", "n_layer", "n_head", "block_size", "batch_size", "smooth",
+             "final_events")}
+    if ints["width"] % ints["n_head"]:
+        raise ValueError(f"width={ints['width']}: not divisible by n_head={ints['n_head']}")
+    if ints["every"] > ints["steps"]:
+        raise ValueError(f"every={ints['every']}: more than steps={ints['steps']}, so nothing would be measured")
+    opts = Options(**ints, sgd_lr=option(cfg, "sgd_lr", float, nullable=True, positive=True),
+                   adamw_lr=option(cfg, "adamw_lr", float, nullable=True, positive=True),
+                   seed=option(cfg, "seed", int), threads=option(cfg, "threads", int, nullable=True, positive=True),
+                   plot_only=option(cfg, "plot_only", bool), out=Path(option(cfg, "out", str)))
+    if opts.plot_only:
+        missing = [name for name in OPTIMIZERS if not metrics_csv(run_dir(opts, name)).is_file()]
+        if missing:
+            raise ValueError(f"plot_only=true: no {missing[0]} run to redraw in out={opts.out} "
+                             f"({metrics_csv(run_dir(opts, missing[0]))} is missing); train it first (plot_only=false)")
+    return opts
+
+
+# --------------------------------------------------------------------------------------------- runs
+def run_dir(opts: Options, name: str) -> Path:
+    return opts.out / "runs" / name
+
+
+def metrics_csv(output_dir: Path) -> Path:
+    return output_dir / "csv" / "version_0" / "metrics.csv"
+
+
+def compose_run(name: str, opts: Options, output_dir: Path) -> DictConfig:
     overrides = [
         f"optim={name}", f"output_dir={output_dir}", "logger=csv", "diagnostics=on",
-        f"diagnostics.every_n_steps={args.every}", f"diagnostics.token_frequency_buckets={args.buckets}",
-        "model=small", f"model.width={args.width}", f"model.n_layer={args.n_layer}", f"model.n_head={args.n_head}",
-        f"model.block_size={args.block_size}", "data.tokenizer=gpt2", f"data.batch_size={args.batch_size}",
-        "data.val_batches=2", f"trainer.max_steps={args.steps}", f"eval_every={args.steps}",
+        f"diagnostics.every_n_steps={opts.every}", f"diagnostics.token_frequency_buckets={opts.buckets}",
+        "model=small", f"model.width={opts.width}", f"model.n_layer={opts.n_layer}", f"model.n_head={opts.n_head}",
+        f"model.block_size={opts.block_size}", "data.tokenizer=gpt2", f"data.batch_size={opts.batch_size}",
+        "data.val_batches=2", f"trainer.max_steps={opts.steps}", f"eval_every={opts.steps}",
         "trainer.log_every_n_steps=10", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-        f"seed={args.seed}", "parametrization=sp", "checkpoint.every_n_steps=0",
+        f"seed={opts.seed}", "parametrization=sp", "checkpoint.every_n_steps=0",
     ]
-    lr = {"sgd": args.sgd_lr, "adamw": args.adamw_lr}[name]
+    lr = {"sgd": opts.sgd_lr, "adamw": opts.adamw_lr}[name]
     if lr is not None:
         overrides.append(f"optim.lr={lr}")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose_training_config(overrides)
+
+
+def plan_runs(opts: Options) -> dict[str, DictConfig]:
+    """Both runs' training configs (optimizer → config), checked as src/train.py would check them
+    (mugpt.training.check_config) before the first one trains."""
+    from mugpt.training import check_config
+
+    cfgs = {}
+    for name in OPTIMIZERS:
+        cfgs[name] = compose_run(name, opts, run_dir(opts, name))
+        try:
+            check_config(cfgs[name])
+        except ValueError as exc:
+            raise ValueError(f"{exc} (in the run of optim={name})") from exc
+    return cfgs
 
 
 def bucket_table(cfg: DictConfig) -> list[dict]:
@@ -89,7 +179,7 @@ def bucket_table(cfg: DictConfig) -> list[dict]:
 def read_bucket_losses(output_dir: Path) -> list[tuple[int, int, float]]:
     """(step, bucket, loss) from a run's metrics.csv; step = its row = updates done before the measured batch."""
     out = []
-    with open(output_dir / "csv" / "version_0" / "metrics.csv", newline="") as f:
+    with open(metrics_csv(output_dir), newline="") as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
                 if key.startswith("freq_loss/bucket_") and value:
@@ -100,7 +190,7 @@ def read_bucket_losses(output_dir: Path) -> list[tuple[int, int, float]]:
 def read_module_norms(output_dir: Path) -> list[dict]:
     """(step, kind, name, value) for every act/* and update/* entry of a run's metrics.csv."""
     out = []
-    with open(output_dir / "csv" / "version_0" / "metrics.csv", newline="") as f:
+    with open(metrics_csv(output_dir), newline="") as f:
         for row in csv.DictReader(f):
             for key, value in row.items():
                 if value and key.startswith(("act/", "update/")):
@@ -152,14 +242,14 @@ def final_losses(rows: list[dict], n_events: int) -> dict[tuple[str, int], float
     return {k: float(np.mean([loss for _, loss in sorted(v)[-n_events:]])) for k, v in series.items()}
 
 
-def plot(rows: list[dict], final: dict, table: list[dict], path: Path, args: argparse.Namespace,
-         vocab: int) -> None:
+def plot(rows: list[dict], final: dict, table: list[dict], path: Path, opts: Options, vocab: int,
+         used_lr: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = args.buckets
+    n = opts.buckets
     cmap = plt.get_cmap("viridis")
     colour = {k: cmap(0.92 * k / max(1, n - 1)) for k in range(n)}
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.4), gridspec_kw={"width_ratios": [1, 1, 0.9]})
@@ -169,13 +259,13 @@ def plot(rows: list[dict], final: dict, table: list[dict], path: Path, args: arg
             if not pts:
                 continue
             steps, losses = np.array(pts).T
-            ax.plot(steps, running_mean(losses, args.smooth), color=colour[k], lw=1.6,
+            ax.plot(steps, running_mean(losses, opts.smooth), color=colour[k], lw=1.6,
                     label=f"{k}: {table[k]['token_types']:,} types" if name == OPTIMIZERS[0] else None)
         ax.axhline(math.log(vocab), color="grey", ls=":", lw=1)
         ax.set_title(TITLES[name])
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"training loss per bucket (running mean of {args.smooth} events)")
+    axes[0].set_ylabel(f"training loss per bucket (running mean of {opts.smooth} events)")
     axes[1].sharey(axes[0])
     fig.legend(title="bucket (0 = most frequent): token types in it", fontsize=8, title_fontsize=8,
                loc="lower center", ncol=n, frameon=False)
@@ -186,74 +276,59 @@ def plot(rows: list[dict], final: dict, table: list[dict], path: Path, args: arg
     ax.axhline(math.log(vocab), color="grey", ls=":", lw=1, label=f"ln V = {math.log(vocab):.2f} (uniform)")
     ax.set_xticks(x)
     ax.set_xlabel("token-frequency bucket (0 = most frequent)")
-    ax.set_ylabel(f"final training loss (mean of last {args.final_events} events)")
-    ax.set_title(f"after {args.steps} steps")
+    ax.set_ylabel(f"final training loss (mean of last {opts.final_events} events)")
+    ax.set_title(f"after {opts.steps} steps")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"Loss by token frequency, GPT-2 BPE Shakespeare: width {args.width}, {args.n_layer} layers, "
-                 f"{args.batch_size}×{args.block_size} tokens/step, SP, default learning rates "
-                 f"(SGD {args.used_lr['sgd']:g}, AdamW {args.used_lr['adamw']:g})", fontsize=10)
+    fig.suptitle(f"Loss by token frequency, GPT-2 BPE Shakespeare: width {opts.width}, {opts.n_layer} layers, "
+                 f"{opts.batch_size}×{opts.block_size} tokens/step, SP, default learning rates "
+                 f"(SGD {used_lr['sgd']:g}, AdamW {used_lr['adamw']:g})", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "loss_by_frequency")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--every", type=int, default=5, help="diagnostics.every_n_steps")
-    p.add_argument("--buckets", type=int, default=10)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--n-layer", type=int, default=2)
-    p.add_argument("--n-head", type=int, default=2)
-    p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--sgd-lr", type=float, default=None, help="default: conf/optim/sgd.yaml")
-    p.add_argument("--adamw-lr", type=float, default=None, help="default: conf/optim/adamw.yaml")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--smooth", type=int, default=5, help="events in the running mean of the curves")
-    p.add_argument("--final-events", type=int, default=5, help="events averaged into the final loss")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--plot-only", action="store_true", help="re-read the runs in --out and redraw")
-    args = p.parse_args(argv)
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    for name in ("loss_by_frequency", "mugpt"):  # Lightning prints its own lines
-        logging.getLogger(name).addHandler(handler)
+# -------------------------------------------------------------------------------------------- main
+def loss_by_frequency(cfg: DictConfig) -> dict[tuple[str, int], float]:
+    """The script without Hydra's entry point (tests call it with a composed config); returns the final loss
+    per (optimizer, bucket)."""
+    try:  # every option and both runs' training configs checked before the first run trains
+        opts = read_options(cfg)
+        cfgs = plan_runs(opts)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    for name in ("loss_by_frequency", "mugpt"):  # Hydra's handlers print them; Lightning prints its own lines
         logging.getLogger(name).setLevel(logging.INFO)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     from mugpt.training import train
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    opts.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    args.used_lr = {}
+    used_lr: dict[str, float] = {}
     table: list[dict] = []
-    for name in OPTIMIZERS:
-        run_dir = args.out / "runs" / name
-        cfg = compose_run(name, args, run_dir)
-        args.used_lr[name] = float(cfg.optim.lr)
+    for name, run_cfg in cfgs.items():
+        used_lr[name] = float(run_cfg.optim.lr)
         if not table:
-            table = bucket_table(cfg)
+            table = bucket_table(run_cfg)
             for t in table:
                 log.info("bucket %d: %6d token types (%5d seen), %.1f%% of training tokens, counts %d-%d",
                          t["bucket"], t["token_types"], t["seen_types"], 100 * t["share"], t["min_count"],
                          t["max_count"])
-        if not args.plot_only:
+        if not opts.plot_only:
             start = time.perf_counter()
-            summary = train(cfg)
-            log.info("%s lr=%g: %s, train loss %.3f, val loss %.3f, %.0fs", name, cfg.optim.lr, summary["status"],
-                     summary["train_loss"], summary["val_loss"], time.perf_counter() - start)
+            summary = train(run_cfg)
+            log.info("%s lr=%g: %s, train loss %.3f, val loss %.3f, %.0fs", name, run_cfg.optim.lr,
+                     summary["status"], summary["train_loss"], summary["val_loss"], time.perf_counter() - start)
         rows += [{"optimizer": name, "step": s, "bucket": k, "loss": loss}
-                 for s, k, loss in read_bucket_losses(run_dir)]
+                 for s, k, loss in read_bucket_losses(run_dir(opts, name))]
 
-    with open(args.out / "loss_by_frequency.csv", "w", newline="") as f:
+    with open(opts.out / "loss_by_frequency.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["optimizer", "step", "bucket", "loss"])
         writer.writeheader()
         writer.writerows(rows)
-    final = final_losses(rows, args.final_events)
-    with open(args.out / "loss_by_frequency_final.csv", "w", newline="") as f:
+    final = final_losses(rows, opts.final_events)
+    with open(opts.out / "loss_by_frequency_final.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["optimizer", "bucket", "loss", "token_types", "share_of_tokens", "min_count", "max_count"])
         for name in OPTIMIZERS:
@@ -261,20 +336,27 @@ def main(argv: list[str] | None = None) -> None:
                 writer.writerow([name, t["bucket"], f"{final.get((name, t['bucket']), math.nan):.4f}",
                                  t["token_types"], f"{t['share']:.4f}", t["min_count"], t["max_count"]])
     vocab = 50257
-    plot(rows, final, table, args.out / "loss_by_frequency.png", args, vocab)
-    print(f"\nfinal training loss by bucket (mean of the last {args.final_events} events, of {args.steps} steps):")
-    print("bucket  " + "  ".join(f"{k:>6d}" for k in range(args.buckets)))
+    plot(rows, final, table, opts.out / "loss_by_frequency.png", opts, vocab, used_lr)
+    print(f"\nfinal training loss by bucket (mean of the last {opts.final_events} events, of {opts.steps} steps):")
+    print("bucket  " + "  ".join(f"{k:>6d}" for k in range(opts.buckets)))
     for name in OPTIMIZERS:
-        print(f"{name:<7} " + "  ".join(f"{final.get((name, k), math.nan):6.2f}" for k in range(args.buckets)))
-    norms = {name: read_module_norms(args.out / "runs" / name) for name in OPTIMIZERS}
-    with open(args.out / "module_norms.csv", "w", newline="") as f:
+        print(f"{name:<7} " + "  ".join(f"{final.get((name, k), math.nan):6.2f}" for k in range(opts.buckets)))
+    norms = {name: read_module_norms(run_dir(opts, name)) for name in OPTIMIZERS}
+    with open(opts.out / "module_norms.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["optimizer", "step", "kind", "name", "value"])
         writer.writeheader()
         writer.writerows({"optimizer": name, **r} for name, rows_ in norms.items() for r in rows_)
-    plot_module_norms(norms, args.out / "module_norms.png")
-    print(f"wrote {args.out}/loss_by_frequency.csv, loss_by_frequency.png, loss_by_frequency_final.csv, "
+    plot_module_norms(norms, opts.out / "module_norms.png")
+    print(f"wrote {opts.out}/loss_by_frequency.csv, loss_by_frequency.png, loss_by_frequency_final.csv, "
           f"module_norms.csv, module_norms.png")
+    return final
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="loss_by_frequency")
+def main(cfg: DictConfig) -> None:
+    loss_by_frequency(cfg)
 
 
 if __name__ == "__main__":
+    register_configs()  # the optimizer and data schemas that the composed training configs start from
     main()

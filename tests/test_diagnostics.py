@@ -14,8 +14,15 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from mugpt.coord_check import probed_modules
-from mugpt.diagnostics import (Diagnostics, UpdateNorms, bucket_loss_sums, build_diagnostics, frequency_buckets,
-                               token_counts, weight_matrices)
+from mugpt.diagnostics import (
+    Diagnostics,
+    UpdateNorms,
+    bucket_loss_sums,
+    build_diagnostics,
+    frequency_buckets,
+    token_counts,
+    weight_matrices,
+)
 from mugpt.model import GPT, GPTConfig
 from mugpt.module import GPTLightningModule
 from mugpt.training import train
@@ -178,13 +185,29 @@ def test_diagnostics_parts_switch_separately(make_cfg):
         Diagnostics(0)
 
 
-def test_loss_by_frequency_script_reads_and_plots_module_norms(tmp_path):
+# ------------------------------------------------------------------------- scripts/loss_by_frequency.py
+def load_script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "loss_by_frequency_script", Path(__file__).resolve().parents[1] / "scripts" / "loss_by_frequency.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def compose_script(*overrides: str):
+    """conf/loss_by_frequency.yaml with overrides, as `python scripts/loss_by_frequency.py ...` reads it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose(config_name="loss_by_frequency", overrides=list(overrides))
+
+
+def test_loss_by_frequency_script_reads_and_plots_module_norms(tmp_path):
+    script = load_script()
     run = tmp_path / "runs" / "sgd" / "csv" / "version_0"
     run.mkdir(parents=True)
     (run / "metrics.csv").write_text("step,act/block0.mlp,update/blocks.0.mlp.fc,train/loss\n"
@@ -196,3 +219,54 @@ def test_loss_by_frequency_script_reads_and_plots_module_norms(tmp_path):
                     {"step": 9, "kind": "update", "name": "blocks.0.mlp.fc", "value": 0.05}]
     script.plot_module_norms({"sgd": rows, "adamw": rows}, tmp_path / "module_norms.png")
     assert (tmp_path / "module_norms.png").stat().st_size > 10_000
+
+
+def test_loss_by_frequency_options_and_the_runs_they_compose(tmp_path):
+    script = load_script()
+    # conf/loss_by_frequency.yaml keeps the defaults the script had as an argparse command
+    assert script.read_options(compose_script()) == script.Options(
+        steps=200, every=5, buckets=10, width=64, n_layer=2, n_head=2, block_size=64, batch_size=16, sgd_lr=None,
+        adamw_lr=None, seed=1337, smooth=5, final_events=5, threads=None, plot_only=False,
+        out=Path("scripts/results/loss_by_frequency"))
+    opts = script.read_options(compose_script("steps=40", "every=4", "buckets=5", "width=32", "adamw_lr=1e-3",
+                                              f"out={tmp_path}"))
+    cfgs = script.plan_runs(opts)  # composed as src/train.py composes them, and checked
+    assert list(cfgs) == ["sgd", "adamw"]
+    for name, cfg in cfgs.items():
+        assert cfg.optim.name == name and cfg.output_dir == str(tmp_path / "runs" / name)
+        assert (cfg.model.width, cfg.trainer.max_steps, cfg.eval_every, cfg.data.tokenizer) == (32, 40, 40, "gpt2")
+        assert (cfg.diagnostics.every_n_steps, cfg.diagnostics.token_frequency_buckets) == (4, 5)
+        assert cfg.diagnostics.token_frequency and cfg.parametrization.name == "sp"
+    assert cfgs["adamw"].optim.lr == 1e-3
+    assert cfgs["sgd"].optim.lr == script.compose_run("sgd", script.read_options(compose_script()), tmp_path).optim.lr
+    assert not list(tmp_path.iterdir())  # planning writes nothing
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["steps=0"], "error: steps=0: must be a positive integer"),
+    (["steps=1.5"], "error: steps=1.5: must be a positive integer"),
+    (["every=300"], "error: every=300: more than steps=200, so nothing would be measured"),
+    (["buckets=-1"], "error: buckets=-1: must be a positive integer"),
+    (["width=30", "n_head=4"], "error: width=30: not divisible by n_head=4"),
+    (["sgd_lr=0"], "error: sgd_lr=0: must be a positive number or null"),
+    (["adamw_lr=fast"], "error: adamw_lr=fast: must be a positive number or null"),
+    (["threads=0"], "error: threads=0: must be a positive integer or null"),
+    (["plot_only=1"], "error: plot_only=1: must be true or false"),
+    (["seed=true"], "error: seed=True: must be an integer"),
+    (["plot_only=true"], "error: plot_only=true: no sgd run to redraw in out="),
+])
+def test_loss_by_frequency_refuses_a_bad_option_in_one_line_before_training(overrides, message, tmp_path,
+                                                                              monkeypatch):
+    script = load_script()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run trained (or its data was built) for a refused option")
+
+    monkeypatch.setattr("mugpt.training.train", no_training)
+    monkeypatch.setattr(script, "bucket_table", no_training)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        script.loss_by_frequency(compose_script(*overrides, f"out={out}"))
+    assert isinstance(exc.value.code, str) and "\n" not in exc.value.code
+    assert exc.value.code.startswith(message), exc.value.code
+    assert not out.exists()
