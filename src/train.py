@@ -12,8 +12,9 @@ if __name__ == "__main__":
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mugpt.config import register_configs  # noqa: E402
-from mugpt.errors import ConfigError  # noqa: E402
+from mugpt.config import check_overrides, register_configs  # noqa: E402
+from mugpt.errors import ConfigError, OneLineError  # noqa: E402
+from mugpt.run import check_writable_dir  # noqa: E402
 from mugpt.training import train  # noqa: E402
 
 log = logging.getLogger("mugpt")
@@ -40,11 +41,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg)
     except Exception as exc:
-        # A refused option or path: its one-line message, no traceback. In a sweep a failed job is recorded
-        # (summary.json says failed) and the others go on.
-        if isinstance(exc, ConfigError):
+        # A refused option or path, a checkpoint that could not be written: its one-line message, no traceback.
+        # In a sweep a failed job is recorded (summary.json says failed) and the others go on.
+        if isinstance(exc, OneLineError):
             if multirun:
-                log.error("job refused, the sweep goes on: %s", exc)
+                log.error("job %s, the sweep goes on: %s", "refused" if isinstance(exc, ConfigError) else "failed",
+                          exc)
                 return None
             sys.exit(f"error: {exc}")
         if multirun:
@@ -63,7 +65,20 @@ def main(cfg: DictConfig) -> float | None:
     return val_loss if val_loss is not None and math.isfinite(val_loss) else None
 
 
+def check_single_run(overrides: list[str]) -> None:
+    """A single run's overrides, composed once before Hydra runs it: a type error, an unknown key or option, or a
+    run directory that cannot be written is one line. Sweeps (-m) and Hydra's own flags are left to Hydra."""
+    if any(arg.startswith("-") for arg in overrides):
+        return
+    try:
+        cfg = check_overrides(overrides)
+        check_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+
+
 if __name__ == "__main__":
     sys.argv = [normalise_precision_override(a) for a in sys.argv]
     register_configs()  # before Hydra composes: the schemas conf/optim/, conf/data/ start from; ${pow2:...}
+    check_single_run(sys.argv[1:])
     main()

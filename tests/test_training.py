@@ -450,7 +450,10 @@ def test_trainer_accumulate_grad_batches_is_read_unless_grad_accum_derives_it(ma
     cfg = make_cfg("grad_accum=tokens", "grad_accum.batch_tokens=512", "trainer.accumulate_grad_batches=4")
     with pytest.raises(ConfigError, match=r"^trainer.accumulate_grad_batches=4: grad_accum=tokens derives it"):
         train(cfg)
-    assert read_summary(cfg)["status"] == "failed"
+    # the same directory, relaunched and refused: the first run's summary is kept, the refusal sits beside it
+    assert read_summary(cfg)["status"] == "completed"
+    refused = json.loads((Path(cfg.output_dir) / "summary.refused.json").read_text())
+    assert refused["status"] == "failed" and refused["refused"] is True
 
 
 def test_trainer_keys_that_are_always_derived_are_not_in_the_trainer_configs():

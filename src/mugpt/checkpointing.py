@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mugpt.errors import CheckpointWriteError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except (OSError, RuntimeError) as exc:  # torch's zip writer reports a full disk as a RuntimeError
+            reason = _reason(exc, path.parent)  # before the space is given back
+            tmp.unlink(missing_ok=True)  # the previous checkpoint was never touched
+            raise CheckpointWriteError(f"checkpoint: could not write {path} ({reason}); the previous checkpoint "
+                                       f"is kept: fix this and resume with resume=auto") from exc
         os.replace(tmp, path)
+
+
+def _reason(exc: BaseException, folder: Path) -> str:
+    """A write error's cause in a few words: the OS's reason where it gave one (torch's zip writer hides a full
+    disk behind 'unexpected pos ...'), and the free space left where the file was going."""
+    reason = next((e.strerror for e in (exc, exc.__cause__, exc.__context__) if isinstance(e, OSError) and e.strerror),
+                  None)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if reason is None:
+        lines = str(exc).strip().splitlines()
+        reason = "No space left on device" if free is not None and free < 2**20 else (
+            lines[-1][:200] if lines else type(exc).__name__)
+    return reason if free is None else f"{reason}; {free / 2**20:.1f} MiB free there"
 
 
 def _diverged(trainer: L.Trainer, before_saving: bool = False) -> bool:
@@ -155,9 +180,24 @@ def find_resume_checkpoint(resume: str | None, output_dir: Path, overrides: list
     return ckpt, ckpt.parent.parent
 
 
+def saved_hparams(ckpt: Path) -> dict:
+    """The hyperparameters stored in a checkpoint, read without loading its tensors (memory-mapped). A truncated
+    or corrupt file is refused in one line naming it, before anything is written."""
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - torch reports a bad zip, a bad pickle, EOF... in many ways
+        lines = str(exc).strip().splitlines()
+        raise ValueError(f"resume: {ckpt} cannot be read ({lines[0][:160] if lines else type(exc).__name__}): it "
+                         f"is truncated or corrupt and was left as it is; resume from another checkpoint "
+                         f"(resume=PATH) or start without resume") from exc
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"resume: {ckpt} is not a training checkpoint of this project (no state_dict)")
+    return checkpoint.get("hyper_parameters", {})
+
+
 def check_compatible(ckpt: Path, hparams: dict) -> None:
     """A checkpoint of another model shape or another µP setup cannot be resumed: say which option differs."""
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    saved = saved_hparams(ckpt)
     for section in ("model", "parametrization"):
         old, new = saved.get(section, {}), hparams.get(section, {})
         for key in sorted((set(old) | set(new)) - RUNTIME_ONLY):

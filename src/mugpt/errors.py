@@ -1,7 +1,10 @@
-"""The error type for refused input: an option or a path that cannot work, found before training starts.
+"""Errors whose one-line message says everything, so the command line prints `error: MESSAGE` and no traceback.
 
-Its message is one line that names the option (`model.width=130 is not divisible by model.n_head=4`), so the
-command line prints it instead of a traceback and a sweep records the job as failed and goes on.
+- `ConfigError`: refused input, an option or a path that cannot work, found before training starts; the message
+  names the option (`model.width=130 is not divisible by model.n_head=4`). A sweep records the job as failed and
+  goes on.
+- `CheckpointWriteError`: a checkpoint could not be written (a full disk, a vanished directory); the message names
+  the file, and the previous checkpoint is kept, so `resume=auto` continues from it once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -10,7 +13,11 @@ import contextlib
 from collections.abc import Iterator
 
 
-class ConfigError(ValueError):
+class OneLineError(Exception):
+    """An error whose message is the whole story: printed as one line, without a traceback."""
+
+
+class ConfigError(ValueError, OneLineError):
     """A refused option or path; the message names it. A ValueError, so existing `except ValueError` still holds."""
 
 
@@ -22,19 +29,29 @@ class ConfigPackageError(ConfigError, ImportError):
     """An option whose package is missing (logger=tensorboard, optim=adam8bit): still an ImportError."""
 
 
+class CheckpointWriteError(OSError, OneLineError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
 # What the project's checks raise on bad input; before training starts, each of them means refused input.
 INPUT_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
 
+def one_line(message: str) -> str:
+    """A message on one line: OmegaConf's errors put the key on a line of its own (`full_key: data.seed`)."""
+    return "; ".join(line.strip() for line in str(message).strip().splitlines() if line.strip())
+
+
 def as_config_error(exc: BaseException) -> ConfigError:
-    """The same message as a ConfigError, keeping the original kind (FileNotFoundError, ImportError) too."""
+    """The same message, on one line, as a ConfigError, keeping the original kind (FileNotFoundError,
+    ImportError) too."""
     if isinstance(exc, ConfigError):
         return exc
     if isinstance(exc, FileNotFoundError):
-        return ConfigPathError(str(exc))
+        return ConfigPathError(one_line(exc))
     if isinstance(exc, ImportError):
-        return ConfigPackageError(str(exc))
-    return ConfigError(str(exc))
+        return ConfigPackageError(one_line(exc))
+    return ConfigError(one_line(exc))
 
 
 @contextlib.contextmanager

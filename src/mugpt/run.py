@@ -32,6 +32,17 @@ from mugpt.errors import INPUT_ERRORS, ConfigError, as_config_error
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+REFUSED_SUMMARY_FILE = "summary.refused.json"  # a relaunch refused before training, beside the run's own summary
+
+
+def check_writable_dir(path: str | Path, option: str) -> None:
+    """Refuse a folder the run cannot create or write into, in one line naming the option, before any work."""
+    path = Path(path).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{option}={path}: cannot create it, {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option}={path}: cannot write into {existing} (permission denied or read-only)")
 
 
 def load_env() -> None:
@@ -174,11 +185,19 @@ def finish_wandb(loggers: list) -> None:
 # ---- summary.json and the run's bookkeeping
 
 
-def write_summary(output_dir: Path, summary: dict) -> None:
-    path = output_dir / SUMMARY_FILE
+def write_summary(output_dir: Path, summary: dict, name: str = SUMMARY_FILE) -> None:
+    path = output_dir / name
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def _trained_summary(path: Path) -> bool:
+    """Does `path` hold a summary worth keeping (any but that of a launch refused before training)?"""
+    try:
+        return not json.loads(path.read_text()).get("refused", False)
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass
@@ -211,6 +230,7 @@ def task_wrapper(describe: Callable[[DictConfig], dict]) -> Callable:
 
             load_env()
             output_dir = Path(cfg.output_dir)
+            check_writable_dir(output_dir, "output_dir")  # no summary can be written: refused, one line
             output_dir.mkdir(parents=True, exist_ok=True)
             # Under DDP/FSDP every rank runs the task; the launcher's environment names rank 0 until the
             # task's Trainer knows better (it sets run.is_main).
@@ -223,13 +243,20 @@ def task_wrapper(describe: Callable[[DictConfig], dict]) -> Callable:
             except BaseException as exc:
                 run.summary["error"] = f"{type(exc).__name__}: {exc}"
                 run.summary["traceback"] = traceback.format_exc()
-                if not run.training and isinstance(exc, INPUT_ERRORS) and not isinstance(exc, ConfigError):
-                    raise as_config_error(exc) from exc
+                if not run.training and isinstance(exc, INPUT_ERRORS):
+                    run.summary["refused"] = True
+                    if not isinstance(exc, ConfigError):
+                        raise as_config_error(exc) from exc
                 raise
             finally:
                 run.summary["wall_seconds"] = round(time.time() - started, 2)
+                # A run that never trained leaves its summary where it was launched: a refused resume must not
+                # overwrite the summary of the run it meant to continue.
+                where, name = (run.output_dir if run.training else output_dir), SUMMARY_FILE
+                if not run.training and _trained_summary(where / SUMMARY_FILE):
+                    name = REFUSED_SUMMARY_FILE  # the same directory relaunched and refused: keep what it had
                 if run.is_main:
-                    write_summary(run.output_dir, run.summary)
+                    write_summary(where, {**run.summary, "output_dir": str(where)}, name)
                 finish_wandb(run.loggers)
 
         return wrapped

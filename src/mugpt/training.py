@@ -20,7 +20,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughput
+from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughput, activation_bytes
 from mugpt.checkpointing import (
     CHECKPOINT_DIR,
     LAST,
@@ -29,11 +29,12 @@ from mugpt.checkpointing import (
     RunCheckpoint,
     check_compatible,
     find_resume_checkpoint,
+    saved_hparams,
 )
 from mugpt.diagnostics import build_diagnostics
 from mugpt.distributed import build_strategy, check_strategy, single_job_command, uses_cuda, world_size
 from mugpt.errors import ConfigError, refusing_input
-from mugpt.model import GPTConfig
+from mugpt.model import GPT, GPTConfig
 from mugpt.module import GPTLightningModule, perplexity
 from mugpt.optim import check_optimizer, check_schedule
 from mugpt.parametrization import get_parametrization
@@ -81,6 +82,44 @@ def check_trainer_keys(cfg: DictConfig) -> None:
                           f"grad_accum.batch_tokens; use one of the two")
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+
+
+def _integer(value, option: str, minimum: int, why: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{option}={value}: must be {bound}{' (' + why + ')' if why else ''}")
+    return value
+
+
+def check_run_options(cfg: DictConfig) -> None:
+    """The top-level options and the trainer keys the project relies on: type and range, one line each."""
+    _integer(cfg.seed, "seed", 0)
+    _integer(cfg.eval_every, "eval_every", 1, "optimizer steps between validations")
+    if isinstance(cfg.max_loss, bool) or not isinstance(cfg.max_loss, (int, float)) or not cfg.max_loss > 0:
+        raise ConfigError(f"max_loss={cfg.max_loss}: must be a positive number (the divergence bound)")
+    _integer(cfg.checkpoint.every_n_steps, "checkpoint.every_n_steps", 0, "0 = no checkpoints")
+    if not isinstance(cfg.get("memory_check", True), bool):
+        raise ConfigError(f"memory_check={cfg.memory_check}: must be true or false")
+    trainer = cfg.trainer
+    _integer(trainer.max_steps, "trainer.max_steps", 1, "the run's length in optimizer steps, which the "
+                                                       "schedule spans; an unbounded run is not supported")
+    _integer(trainer.get("log_every_n_steps", 1), "trainer.log_every_n_steps", 1)
+    _integer(trainer.get("num_nodes", 1), "trainer.num_nodes", 1)
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={accelerator}: unknown (choose one of {', '.join(ACCELERATORS)})")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU; use auto or cpu")
+    devices = trainer.get("devices", "auto")
+    if not (isinstance(devices, (int, str)) or OmegaConf.is_list(devices)) or isinstance(devices, bool):
+        raise ConfigError(f"trainer.devices={devices}: must be a count, a list of device ids, or auto")
+    if isinstance(devices, str) and devices != "auto" and not devices.replace(",", "").strip().lstrip("-").isdigit():
+        raise ConfigError(f"trainer.devices={devices}: must be a count, a list of device ids, or auto")
+    if uses_cuda(trainer) and accelerator != "cpu" and isinstance(devices, int) and devices > torch.cuda.device_count():
+        raise ConfigError(f"trainer.devices={devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
 def callback_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     """The `callbacks` group's entries by name (+callbacks=lr_monitor gives callbacks.lr_monitor)."""
     return dict((cfg.get("callbacks") or {}).items())
@@ -121,6 +160,10 @@ def check_config(cfg: DictConfig) -> tuple[int, int]:
     """Everything that can reject a training config, without building data or model: a ConfigError whose one
     line names the option. Returns (processes, gradient accumulation steps). Sweeps call it on every run first."""
     with refusing_input():  # the checks of other modules raise ValueError/ImportError: the same refusal
+        check_run_options(cfg)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:  # a ??? in the config that the command line did not fill, e.g. data=text without data.path
+            raise ConfigError(f"{missing[0]}: required, give it on the command line ({missing[0]}=...)")
         check_precision(str(cfg.precision.lightning))
         check_schedule(cfg.optim, cfg.trainer.max_steps)
         check_optimizer(cfg.optim, uses_cuda(cfg.trainer))
@@ -134,6 +177,42 @@ def check_config(cfg: DictConfig) -> tuple[int, int]:
         return processes, accumulation_steps(cfg, processes)
 
 
+def available_memory_bytes(on_cuda: bool) -> int | None:
+    """Memory a new run can take: the GPU's free memory, or the host's MemAvailable (None when unknown)."""
+    if on_cuda:
+        return torch.cuda.mem_get_info()[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(cfg: DictConfig, vocab_size: int) -> None:
+    """Refuse a run whose memory estimate (the MemoryReport's accounting: weights, gradients, Adam's state,
+    activations) is beyond what this machine has free, before the model is built or any data is read. A model
+    too large to fit would otherwise fail in the allocator, or swap, after minutes of setup."""
+    if not cfg.get("memory_check", True):
+        return
+    model_cfg = GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": vocab_size})
+    with torch.device("meta"):
+        n_params = GPT(model_cfg, init=False).num_params()
+    precision = str(cfg.precision.lightning)
+    activations = activation_bytes(cfg.data.batch_size, model_cfg.block_size, model_cfg.width, model_cfg.n_layer,
+                                   model_cfg.n_head, model_cfg.padded_vocab_size, 2 if "16" in precision else 4,
+                                   model_cfg.activation_checkpointing)
+    estimate = n_params * (4 + 4 + 8) + activations  # fp32 weights and gradients, two Adam moments
+    available = available_memory_bytes(uses_cuda(cfg.trainer))
+    if available is not None and estimate > available:
+        raise ConfigError(f"model.block_size={model_cfg.block_size}, model.width={model_cfg.width}, "
+                          f"model.n_layer={model_cfg.n_layer}, data.batch_size={cfg.data.batch_size}: the run needs "
+                          f"about {estimate / 2**30:.1f} GiB ({n_params / 1e6:.1f}M parameters, activations "
+                          f"{activations / 2**30:.1f} GiB), this machine has {available / 2**30:.1f} GiB free; make "
+                          f"the model or the batch smaller (memory_check=false skips this check)")
+
+
 # ---- the steps of train()
 
 
@@ -144,9 +223,11 @@ def run_identity(cfg: DictConfig) -> dict:
 
 
 def resolve_resume(cfg: DictConfig, run: Run) -> tuple[Path, Path] | None:
-    """resume=auto|PATH → (checkpoint, its run directory), or None. A resumed run continues in its own
-    directory: the run moves there."""
+    """resume=auto|PATH → (checkpoint, its run directory), or None. The checkpoint must be readable (a truncated
+    one is refused, naming it). A resumed run continues in its own directory: the run moves there."""
     found = find_resume_checkpoint(cfg.get("resume"), run.output_dir, *hydra_overrides_and_root(run.output_dir))
+    if found is not None:
+        saved_hparams(found[0])
     if found is not None and found[1].resolve() != run.output_dir.resolve():
         log.info("resuming the run in %s (this directory keeps only the launch log)", found[1])
         run.move_to(found[1])
@@ -174,14 +255,17 @@ def build_datamodule(cfg: DictConfig):
     return cls(**kwargs, block_size=cfg.model.block_size)
 
 
-def build_module(cfg: DictConfig, datamodule, resume_from: tuple[Path, Path] | None) -> tuple[GPTLightningModule, int]:
-    """The LightningModule (its vocabulary from the tokenizer), then the data it trains on, then the resume
-    checkpoint checked against it. Returns the module and its parameter count (counted before FSDP shards it)."""
-    model_cfg = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": datamodule.vocab_size}
-    module = GPTLightningModule(model_cfg, cfg.parametrization, cfg.optim, compile_mode=cfg.compile.mode)
-    # tokenizes once into the cache; then checks the corpus against the block size
+def prepare_data(datamodule) -> None:
+    """Tokenize once into the cache, then check the corpus against the block size: before the model is built."""
     datamodule.prepare_data()
     datamodule.setup("fit")
+
+
+def build_module(cfg: DictConfig, datamodule, resume_from: tuple[Path, Path] | None) -> tuple[GPTLightningModule, int]:
+    """The LightningModule (its vocabulary from the tokenizer), then the resume checkpoint checked against it.
+    Returns the module and its parameter count (counted before FSDP shards it)."""
+    model_cfg = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": datamodule.vocab_size}
+    module = GPTLightningModule(model_cfg, cfg.parametrization, cfg.optim, compile_mode=cfg.compile.mode)
     if resume_from is not None:
         check_compatible(resume_from[0], dict(module.hparams))
     n_params = module.model.num_params()
@@ -313,9 +397,11 @@ def train(cfg: DictConfig, run: Run) -> None:
     """Train one model as cfg says. Called as train(cfg): the wrapper returns the summary it also writes to
     output_dir/summary.json."""
     processes, accumulate = check_config(cfg)
+    datamodule = build_datamodule(cfg)  # checks the data options; reads nothing yet
+    check_memory(cfg, datamodule.vocab_size)
     resume_from = resolve_resume(cfg, run)
     start_run(cfg, run)
-    datamodule = build_datamodule(cfg)
+    prepare_data(datamodule)
     module, n_params = build_module(cfg, datamodule, resume_from)
     callbacks = build_callbacks(cfg, run, module, datamodule, accumulate)
     trainer = build_trainer(cfg, run, callbacks.all(), processes, accumulate)
