@@ -40,6 +40,7 @@ def test_mup_activations_are_flat_in_width(result):
     assert abs(slopes[worst]) < 0.25, (worst, slopes[worst])
 
 
+@pytest.mark.slow
 def test_sp_activations_blow_up_with_width(result):
     slopes = slopes_after_training(result, "sp")
     residual = [v for (step, module), v in slopes.items() if module.endswith("residual")]

@@ -125,6 +125,22 @@ class DataConfig:
     hf_max_chars: int = 50_000_000
 
 
+@dataclass
+class ShardDataConfig:
+    """The options of data=shards (mugpt.shards.ShardDataModule): token shards made by scripts/prepare_data.py."""
+
+    _target_: str = "mugpt.shards.ShardDataModule"
+    path: str | None = None  # the prepared folder (or an s3:// / gs:// URL litdata can read)
+    tokenizer: str = "gpt2"  # must match the manifest's (the model's vocabulary comes from it)
+    batch_size: int = 16  # micro-batch, in sequences, per process
+    val_batches: int = 4
+    cache_dir: str = "~/.cache/mugpt"  # litdata's chunk cache for a bucket URL
+    num_workers: int = 0
+    seed: int = 1337
+    shuffle: bool = True
+    verify: str = "checksum"  # checksum (every chunk, before training) | size (faster, for very large corpora)
+
+
 def register_configs() -> None:
     """Put the schemas into Hydra's ConfigStore and the resolvers into OmegaConf (safe to call again)."""
     from hydra.core.config_store import ConfigStore
@@ -136,6 +152,7 @@ def register_configs() -> None:
     for name, schema in OPTIM_SCHEMAS.items():
         store.store(group="optim", name=f"schema_{name}", node=schema)
     store.store(group="data", name="schema", node=DataConfig)
+    store.store(group="data", name="schema_shards", node=ShardDataConfig)
 
 
 def load_optim_config(name: str, **overrides: Any) -> DictConfig:
