@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # GPT-2's vocabulary, so the padded-vocab row means what it means at full size; everything else tiny.
 TINY = bench.BenchConfig.from_preset("tiny")
-TRICKS = ("tf32", "pad_vocab", "fused_adamw", "checkpointing", "accumulation")  # compile and bf16 are slow on CPU
+# compile and bf16 are slow on the CPU
+TRICKS = ("tf32", "pad_vocab", "fused_adamw", "chunked_loss", "checkpointing", "accumulation")
 QUIET = lambda *_: None  # noqa: E731
 
 

@@ -170,7 +170,8 @@ def test_multirun_gives_one_run_per_width(tmp_path, cache_dir):
 
 
 @pytest.mark.parametrize("option", ["model.norm=post", "model.tie_embeddings=false", "precision=bf16-mixed",
-                                    "precision=tf32", "compile=default", "model.dropout=0.1"])
+                                    "precision=tf32", pytest.param("compile=default", marks=pytest.mark.slow),
+                                    "model.dropout=0.1"])
 def test_mup_trains_with_every_option(make_cfg, option):
     """µP composes with the rest of the config: a few steps with each option, the loss going down."""
     cfg = make_cfg("parametrization=mup", "parametrization.base_width=32", option, "trainer.max_steps=8",
@@ -279,7 +280,8 @@ NEEDS_CUDA = run_if(cuda=True, reason="fp16 autocast with a GradScaler")
 
 @pytest.mark.parametrize("option", ["precision=32-true", "precision=tf32", "precision=bf16-mixed",
                                     "precision=bf16-true",
-                                    pytest.param("precision=16-mixed", marks=NEEDS_CUDA), "compile=max-autotune",
+                                    pytest.param("precision=16-mixed", marks=NEEDS_CUDA),
+                                    pytest.param("compile=max-autotune", marks=pytest.mark.slow),
                                     "activation_checkpointing=blocks", "grad_accum=tokens"])
 def test_every_efficiency_option_trains(make_cfg, option):
     """Each precision/compile/checkpointing/accumulation option: 4 optimizer steps, the loss going down."""

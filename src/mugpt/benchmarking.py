@@ -92,6 +92,7 @@ class BenchConfig:
     seed: int = 1337
     compile_mode: str | None = None  # torch.compile mode; None is inductor's default mode
     n_batches: int = 4  # distinct random token batches, cycled
+    loss_chunk: int = 2048  # positions per chunk in the chunked cross-entropy row
     threads: int | None = None  # torch intra-op threads; None keeps torch's default (one per core)
     optim: dict = field(default_factory=adamw_config)  # conf/optim/adamw.yaml's keys; `fused` is set per row
 
@@ -109,18 +110,19 @@ class BenchConfig:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.block_size
 
-    def model_dict(self, pad_vocab: bool = True, checkpointing: bool = False) -> dict:
+    def model_dict(self, pad_vocab: bool = True, checkpointing: bool = False, loss_impl: str = "full") -> dict:
         return dict(vocab_size=self.vocab_size, block_size=self.block_size, width=self.width, n_layer=self.n_layer,
                     n_head=self.n_head, pad_vocab_multiple=64 if pad_vocab else 1,
-                    activation_checkpointing=checkpointing)
+                    activation_checkpointing=checkpointing, loss_impl=loss_impl, loss_chunk=self.loss_chunk)
 
     def optim_config(self, fused: bool | str = "auto") -> DictConfig:
         """The optimizer config with the fused switch set (False: the project's foreach path)."""
         return OmegaConf.create({**self.optim, "fused": fused})
 
     def recipe(self, parametrization: dict, pad_vocab: bool = True, checkpointing: bool = False,
-               fused: bool | str = "auto") -> Recipe:
-        return Recipe(GPTConfig(**self.model_dict(pad_vocab, checkpointing)), parametrization, self.optim_config(fused))
+               fused: bool | str = "auto", loss_impl: str = "full") -> Recipe:
+        return Recipe(GPTConfig(**self.model_dict(pad_vocab, checkpointing, loss_impl)), parametrization,
+                      self.optim_config(fused))
 
     def useful_flops_per_token(self) -> float:
         """Training FLOPs per token of the unpadded model: the work MFU counts for every row (padding's extra
@@ -136,6 +138,7 @@ TRICKS: dict[str, str] = {
     "pad_vocab": "+ padded vocab",
     "fused_adamw": "+ fused AdamW",
     "compile": "+ torch.compile",
+    "chunked_loss": "+ chunked cross-entropy",
     "checkpointing": "+ activation checkpointing",
     "accumulation": "+ grad accumulation (2 x B/2)",
 }
@@ -177,9 +180,9 @@ def build_rows(tricks: Iterable[str] = tuple(TRICKS), carry_bf16: bool = True) -
 
 
 def row_recipe(cfg: BenchConfig, row: Row) -> Recipe:
-    """The recipe a table row trains: SP, with the row's vocab padding, checkpointing and AdamW kernel."""
+    """The recipe a table row trains: SP, with the row's vocab padding, checkpointing, loss and AdamW kernel."""
     return cfg.recipe({"name": "sp"}, pad_vocab=row.has("pad_vocab"), checkpointing=row.has("checkpointing"),
-                      fused=row.has("fused_adamw"))
+                      fused=row.has("fused_adamw"), loss_impl="chunked" if row.has("chunked_loss") else "full")
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -1089,7 +1092,7 @@ def read_options(cfg: DictConfig) -> BenchOptions:
     bench = BenchConfig.from_preset(preset, device=str(device), seed=_option(cfg, "seed", int),
                                     threads=_option(cfg, "threads", int, nullable=True, minimum=1),
                                     compile_mode=None if compile_mode == "default" else compile_mode,
-                                    optim=optim, **shape)
+                                    optim=optim, loss_chunk=_option(cfg, "loss_chunk", int, minimum=1), **shape)
     if bench.width % bench.n_head:
         raise ValueError(f"width={bench.width} is not divisible by n_head={bench.n_head}")
     tricks = _tricks(cfg.get("rows"))

@@ -171,19 +171,30 @@ class DivergenceGuard(L.Callback):
 
 
 def activation_bytes(batch_size: int, block_size: int, width: int, n_layer: int, n_head: int, vocab: int,
-                     bytes_per_value: int, checkpointing: bool) -> int:
+                     bytes_per_value: int, checkpointing: bool, logit_positions: int | None = None) -> int:
     """Activations kept for backward, after Korthikanti et al. 2022 ("Reducing Activation Recomputation"):
     per block 34·s·b·h bytes at 2 bytes per value. Their 5·a·s²·b attention-matrix term is left out: the model
     attends with F.scaled_dot_product_attention, whose flash/memory-efficient kernels do not store it (on an
     H200, GPT-2 124M at batch 16, bf16-mixed: 11,722 MiB peak against 13,083 MiB estimated this way, 24,603 MiB
     with the term).
-    Plus the logits and their gradient in fp32. With block checkpointing only each block's input (s·b·h values)
-    is kept, plus one block being recomputed."""
+    Plus the logits and their gradient in fp32, for `logit_positions` positions at a time (all of them with
+    model.loss_impl=full; one chunk with chunked or fused). With block checkpointing only each block's input
+    (s·b·h values) is kept, plus one block being recomputed."""
     sbh = block_size * batch_size * width
     per_block = sbh * 34 * bytes_per_value / 2
     blocks = n_layer * sbh * bytes_per_value + per_block if checkpointing else n_layer * per_block
-    logits = 2 * block_size * batch_size * vocab * 4  # fp32 logits for the loss, and their gradient
-    return int(blocks + logits)
+    positions = block_size * batch_size if logit_positions is None else min(logit_positions, block_size * batch_size)
+    return int(blocks + logits_bytes(positions, vocab))
+
+
+def logits_bytes(positions: int, vocab: int) -> int:
+    """fp32 logits for the loss and their gradient, over `positions` positions."""
+    return 2 * positions * vocab * 4
+
+
+def logit_positions(config) -> int | None:
+    """How many positions' logits a training step holds at once: all (None) unless the loss is chunked."""
+    return None if config.loss_impl == "full" else config.loss_chunk
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -217,9 +228,12 @@ class MemoryReport(L.Callback):
             "optimizer_state_mb": (state_per_param * n / 2**20) if state_per_param else float("nan"),
             "activations_mb": activation_bytes(self.batch_size, c.block_size, c.width, c.n_layer, c.n_head,
                                                c.padded_vocab_size, self.bytes_per_activation,
-                                               c.activation_checkpointing) / 2**20,
+                                               c.activation_checkpointing, logit_positions(c)) / 2**20,
         }
-        self.report["estimate_mb"] = sum(v for v in self.report.values() if math.isfinite(v))
+        positions = logit_positions(c) or self.batch_size * c.block_size
+        self.report["logits_mb"] = logits_bytes(min(positions, self.batch_size * c.block_size),
+                                                c.padded_vocab_size) / 2**20  # part of activations_mb
+        self.report["estimate_mb"] = sum(v for k, v in self.report.items() if math.isfinite(v) and k != "logits_mb")
         log.info("memory estimate (MiB): weights %.1f, gradients %.1f, optimizer state %.1f, activations %.1f "
                  "(checkpointing %s), total %.1f", self.report["params_mb"], self.report["grads_mb"],
                  self.report["optimizer_state_mb"], self.report["activations_mb"],

@@ -32,7 +32,7 @@ CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
 # overrides that say how to run, not what to train: ignored when matching a run to resume
 # model options that change how a step runs, not what is trained: free to change on resume
-RUNTIME_ONLY = {"activation_checkpointing", "dropout"}
+RUNTIME_ONLY = {"activation_checkpointing", "dropout", "loss_impl", "loss_chunk"}
 NOT_IDENTITY = ("resume", "hydra.", "logger", "trainer.enable_progress_bar", "output_dir")
 
 

@@ -23,6 +23,9 @@ SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_
                  "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
+LOSS_IMPLS = ("full", "chunked", "fused")
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 50257  # the tokenizer's vocabulary; the embedding is padded up (see padded_vocab_size)
@@ -41,6 +44,12 @@ class GPTConfig:
     embed_mult: float = 1.0  # forward multiplier on the embedding output (µP's input multiplier)
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
     attention_backend: str = "auto"  # auto: PyTorch picks the SDPA kernel; flash | cudnn | efficient | math pin one
+    # How the training loss is computed from the last hidden states. full: all logits at once (fp32, with their
+    # gradient: 2·B·T·V·4 bytes). chunked: loss_chunk positions at a time, their gradients computed in the
+    # forward pass, so all logits are never held (plain PyTorch, CPU and GPU). fused: liger-kernel's linear + CE
+    # (CUDA only). The readout's own multiplier (µP) applies in all three.
+    loss_impl: str = "full"
+    loss_chunk: int = 2048  # positions per chunk for loss_impl=chunked
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "width", "n_layer", "n_head", "mlp_ratio", "pad_vocab_multiple"):
@@ -53,6 +62,10 @@ class GPTConfig:
             raise ValueError(f"model.norm must be 'pre' or 'post', got {self.norm!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"model.loss_impl must be one of {', '.join(LOSS_IMPLS)}, got {self.loss_impl!r}")
+        if not isinstance(self.loss_chunk, int) or self.loss_chunk <= 0:
+            raise ValueError(f"model.loss_chunk must be a positive integer, got {self.loss_chunk!r}")
         if self.attention_backend != "auto" and self.attention_backend not in SDPA_BACKENDS:
             raise ValueError(f"model.attention_backend must be auto or one of {', '.join(SDPA_BACKENDS)}, "
                              f"got {self.attention_backend!r}")
@@ -127,6 +140,64 @@ class Block(nn.Module):
         return self.ln_2(x + self.mlp(x))
 
 
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """mean cross-entropy(scale·h Wᵀ, targets) over positions in chunks, with the gradients of h and W computed
+    chunk by chunk in the forward pass, so that neither all logits nor a recomputation of them is ever needed:
+    the same three matmuls per position as the unfused readout (logits, then dlogits·W and dlogitsᵀ·h), on
+    chunk × vocab logits at a time. Targets of -1 are ignored."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, scale: float, chunk: int,
+                grads: bool) -> torch.Tensor:
+        valid_count = (targets != -1).sum().clamp(min=1)
+        grad_h = torch.empty_like(h) if grads else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if grads else None
+        total = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, h.size(0), chunk):
+            x, t = h[start:start + chunk], targets[start:start + chunk]
+            x = x * scale if scale != 1.0 else x
+            logits = (x @ weight.t()).float()
+            valid = t != -1
+            safe = t.clamp(min=0).unsqueeze(1)
+            target_logit = logits.gather(1, safe).squeeze(1)
+            # softmax in place on the logits buffer: one chunk × vocab tensor per chunk, not three
+            peak = logits.amax(dim=-1, keepdim=True)
+            probs = logits.sub_(peak).exp_()
+            norm = probs.sum(dim=-1, keepdim=True)
+            lse = peak.squeeze(1) + norm.squeeze(1).log()
+            total += ((lse - target_logit) * valid).sum()
+            if grads:  # d(mean loss)/d logits = (softmax - onehot) / count, zero on ignored positions
+                d = probs.div_(norm)
+                d.scatter_add_(1, safe, -torch.ones_like(safe, dtype=d.dtype))
+                d.mul_((valid / valid_count).unsqueeze(1))
+                grad_x = d.to(weight.dtype) @ weight
+                grad_h[start:start + chunk] = grad_x * scale if scale != 1.0 else grad_x
+                grad_w.addmm_(d.t(), x.float())
+        if grads:
+            ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return total / valid_count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None, None
+
+
+def readout_input_scale(readout: nn.Module) -> float:
+    """The factor a readout's forward puts on its input (µP's output_mult / m; 1 for a plain Linear): what a loss
+    that takes the weight rather than the module must apply itself."""
+    return readout.input_scale() if hasattr(readout, "input_scale") else 1.0
+
+
+def fused_linear_cross_entropy(readout: nn.Module, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """liger-kernel's fused readout + cross-entropy (CUDA, Triton), with the readout's input multiplier."""
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    scale = readout_input_scale(readout)
+    loss = LigerFusedLinearCrossEntropyLoss(ignore_index=-1)
+    return loss(readout.weight, h * scale if scale != 1.0 else h, targets, readout.bias)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig, init: bool = True) -> None:
         """init=False leaves PyTorch's default init, for a parametrization that draws its own."""
@@ -186,11 +257,26 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
-        logits = self.lm_head(self.ln_f(x))
+        h = self.ln_f(x)
+        if targets is not None and self.config.loss_impl != "full":
+            return None, self._loss_without_logits(h, targets)  # the logits are never all in memory
+        logits = self.lm_head(h)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _loss_without_logits(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean cross-entropy of loss_impl chunked or fused: equal to `full`'s up to float rounding."""
+        h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+        if self.config.loss_impl == "fused":
+            return fused_linear_cross_entropy(self.lm_head, h, targets)
+        if self.lm_head.bias is not None:
+            raise ValueError("model.loss_impl=chunked: the readout has a bias, which the chunked loss does not take")
+        weight = self.lm_head.weight
+        grads = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)  # not in validation
+        return ChunkedLinearCrossEntropy.apply(h, weight, targets, readout_input_scale(self.lm_head),
+                                               self.config.loss_chunk, grads)
 
     @torch.no_grad()
     def generate(

@@ -18,7 +18,8 @@ from mugpt.recipe import Recipe, plain_dict
 
 
 class GPTLightningModule(L.LightningModule):
-    def __init__(self, model: dict, parametrization: dict, optim: dict, compile_mode: str | None = None) -> None:
+    def __init__(self, model: dict, parametrization: dict, optim: dict, compile_mode: str | None = None,
+                 float8: bool = False) -> None:
         super().__init__()
         model, parametrization, optim = plain_dict(model), plain_dict(parametrization), plain_dict(optim)
         self.save_hyperparameters({"model": model, "parametrization": parametrization, "optim": optim,
@@ -26,6 +27,8 @@ class GPTLightningModule(L.LightningModule):
         self.recipe = Recipe(GPTConfig(**model), parametrization, optim)
         self.optim_cfg = self.recipe.optim
         self.model: GPT = self.recipe.build_model()
+        if float8:  # before compile and before the optimizer's groups are read: the same parameters, new matmuls
+            convert_linears_to_float8(self.model)
         # The (compiled) forward is kept off the module tree (in __dict__, past nn.Module's registration), so that
         # checkpoints hold each parameter once, under its plain name: no `_orig_mod.` copy.
         self.__dict__["_forward"] = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
@@ -92,3 +95,16 @@ class GPTLightningModule(L.LightningModule):
 
 def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
+
+
+def convert_linears_to_float8(model: GPT) -> None:
+    """torchao's float8 training for the blocks' linear layers (dynamic tensorwise scaling): their matmuls run in
+    FP8 on Hopper/Ada GPUs, weights stay fp32. The readout (µP's multiplier sits in its forward) and the
+    embeddings are left in bf16; so is any layer whose dimensions FP8 kernels cannot take (multiples of 16)."""
+    from torchao.float8 import convert_to_float8_training
+
+    def takes_fp8(module: torch.nn.Module, name: str) -> bool:
+        return (name.startswith("blocks.") and isinstance(module, torch.nn.Linear)
+                and module.in_features % 16 == 0 and module.out_features % 16 == 0)
+
+    convert_to_float8_training(model, module_filter_fn=takes_fp8)

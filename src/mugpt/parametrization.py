@@ -132,6 +132,11 @@ class _CachedWidthMult:
             self.cached_width_mult = float(super().width_mult())
         return self.cached_width_mult
 
+    def input_scale(self) -> float:
+        """The factor mup's forward puts on the readout's input (output_mult / m): what a fused loss kernel,
+        which takes the weight and the input rather than the module, must apply itself."""
+        return self.output_mult / self.width_mult()
+
 
 class Readout(_CachedWidthMult, MuReadout):
     """Untied µP readout: logits = output_mult / m · W h."""

@@ -8,6 +8,7 @@ the first training step, and what it refuses leaves as a `mugpt.errors.ConfigErr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import warnings
@@ -20,7 +21,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughput, activation_bytes
+from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughput, activation_bytes, logit_positions
 from mugpt.checkpointing import (
     CHECKPOINT_DIR,
     LAST,
@@ -61,6 +62,23 @@ LOGGING_CALLBACKS = (LearningRateMonitor, DeviceStatsMonitor)
 
 
 # ---- checks: everything that can refuse a config, before any data or model is built
+
+
+def check_kernels(cfg: DictConfig, model: GPTConfig) -> None:
+    """Options that need a CUDA GPU and a kernel library: refused where they cannot run."""
+    on_cuda = uses_cuda(cfg.trainer)
+    if model.loss_impl == "fused":
+        if not on_cuda:
+            raise ConfigError("model.loss_impl=fused runs liger-kernel's Triton kernel on a CUDA GPU; on this machine "
+                              "use model.loss_impl=chunked (the same loss without materialising the logits)")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError("model.loss_impl=fused needs liger-kernel: pip install -e '.[gpu]'")
+    if cfg.precision.get("float8"):
+        if not on_cuda or torch.cuda.get_device_capability() < (8, 9):
+            raise ConfigError("precision=fp8: FP8 matmuls need an NVIDIA GPU of compute capability "
+                              "8.9 or newer (Ada, Hopper); use precision=bf16-mixed here")
+        if importlib.util.find_spec("torchao") is None:
+            raise ConfigError("precision=fp8: needs torchao (pip install torchao)")
 
 
 def check_precision(precision: str) -> None:
@@ -171,7 +189,8 @@ def check_config(cfg: DictConfig) -> tuple[int, int]:
         check_callbacks(cfg)
         check_strategy(cfg)
         check_trainer_keys(cfg)
-        GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": 1})  # the tokenizer's comes later
+        model = GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": 1})  # vocab: later
+        check_kernels(cfg, model)
         get_parametrization(OmegaConf.to_container(cfg.parametrization, resolve=True))
         processes = world_size(cfg.trainer)
         return processes, accumulation_steps(cfg, processes)
@@ -202,7 +221,7 @@ def check_memory(cfg: DictConfig, vocab_size: int) -> None:
     precision = str(cfg.precision.lightning)
     activations = activation_bytes(cfg.data.batch_size, model_cfg.block_size, model_cfg.width, model_cfg.n_layer,
                                    model_cfg.n_head, model_cfg.padded_vocab_size, 2 if "16" in precision else 4,
-                                   model_cfg.activation_checkpointing)
+                                   model_cfg.activation_checkpointing, logit_positions(model_cfg))
     estimate = n_params * (4 + 4 + 8) + activations  # fp32 weights and gradients, two Adam moments
     available = available_memory_bytes(uses_cuda(cfg.trainer))
     if available is not None and estimate > available:
@@ -245,6 +264,9 @@ def start_run(cfg: DictConfig, run: Run) -> None:
         OmegaConf.save(cfg, run.output_dir / "config.yaml", resolve=True)
     if cfg.compile.mode:
         torch._dynamo.reset()  # a multirun job must not inherit the previous job's compile caches
+        import torch._inductor.config as inductor
+
+        inductor.coordinate_descent_tuning = bool(cfg.compile.get("coordinate_descent_tuning", False))
 
 
 def build_datamodule(cfg: DictConfig):
@@ -265,7 +287,8 @@ def build_module(cfg: DictConfig, datamodule, resume_from: tuple[Path, Path] | N
     """The LightningModule (its vocabulary from the tokenizer), then the resume checkpoint checked against it.
     Returns the module and its parameter count (counted before FSDP shards it)."""
     model_cfg = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": datamodule.vocab_size}
-    module = GPTLightningModule(model_cfg, cfg.parametrization, cfg.optim, compile_mode=cfg.compile.mode)
+    module = GPTLightningModule(model_cfg, cfg.parametrization, cfg.optim, compile_mode=cfg.compile.mode,
+                                float8=bool(cfg.precision.get("float8", False)))
     if resume_from is not None:
         check_compatible(resume_from[0], dict(module.hparams))
     n_params = module.model.num_params()
@@ -381,6 +404,7 @@ def summarise(cfg: DictConfig, run: Run, trainer: L.Trainer, module: GPTLightnin
         "accumulate_grad_batches": accumulate,
         "memory_estimate_mb": memory.get("estimate_mb"),
         "peak_memory_mb": memory.get("peak_mb"),
+        "logits_memory_mb": memory.get("logits_mb"),
         "optimizer_state_bytes_per_param": memory.get("optimizer_state_bytes_per_param"),
         "vocab_size": module.config.vocab_size,
         "padded_vocab_size": module.config.padded_vocab_size,
