@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from mugpt.config import compose_training_config, register_configs
+from mugpt.config import OPTION_KINDS, compose_training_config, register_configs, script_option
 
 ZOO = ("adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon")
 log = logging.getLogger("compare_optimizers")
@@ -67,9 +67,6 @@ class Options:
         return "mup" if self.mup else "sp"
 
 
-KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
 def _value(cfg: DictConfig, key: str) -> Any:
     try:
         return cfg[key]
@@ -84,24 +81,14 @@ def _is(value: Any, kind: type) -> bool:
     return isinstance(value, (int, float) if kind is float else kind)
 
 
-def option(cfg: DictConfig, key: str, kind: type, nullable: bool = False, positive: bool = False) -> Any:
-    """cfg[key] checked to be of `kind` (and > 0 with positive=True); the error names KEY=VALUE."""
-    value = _value(cfg, key)
-    if value is None and nullable:
-        return None
-    wanted = ("a positive " + KINDS[kind].removeprefix("an ").removeprefix("a ")) if positive else KINDS[kind]
-    if not _is(value, kind) or (positive and not value > 0) or (kind is float and not math.isfinite(value)):
-        raise ValueError(f"{key}={value}: must be {wanted}{' or null' if nullable else ''}")
-    return float(value) if kind is float else value
-
-
 def list_option(cfg: DictConfig, key: str, kind: type) -> list:
     """cfg[key] as a non-empty list of `kind` without repeats; a single value is a list of one."""
     value = _value(cfg, key)
     items = list(value) if isinstance(value, (list, ListConfig)) else [value]
     shown = f"[{','.join(str(v) for v in items)}]" if isinstance(value, (list, ListConfig)) else str(value)
     if not items or not all(_is(v, kind) for v in items):
-        raise ValueError(f"{key}={shown}: must be a list of {KINDS[kind].removeprefix('an ').removeprefix('a ')}s, "
+        noun = OPTION_KINDS[kind].removeprefix("an ").removeprefix("a ")
+        raise ValueError(f"{key}={shown}: must be a list of {noun}s, "
                          f"e.g. {key}=[{'adamw,muon' if kind is str else '0.5,1,2'}]")
     repeated = sorted({str(v) for v in items if items.count(v) > 1})
     if repeated:
@@ -121,14 +108,15 @@ def read_options(cfg: DictConfig) -> Options:
     if bad:
         raise ValueError(f"lr_factors=[{','.join(f'{f:g}' for f in lr_factors)}]: {bad[0]:g} is not a positive "
                          f"number (each is a multiple of the optimizer's default lr)")
-    ints = {k: option(cfg, k, int, positive=True)
+    ints = {k: script_option(cfg, k, int, positive=True)
             for k in ("steps", "eval_every", "width", "n_layer", "n_head", "block_size", "batch_size", "val_batches")}
     if ints["width"] % ints["n_head"]:
         raise ValueError(f"width={ints['width']}: not divisible by n_head={ints['n_head']}")
     return Options(optimizers=tuple(optimizers), lr_factors=tuple(lr_factors), **ints,
-                   target=option(cfg, "target", float, positive=True), seed=option(cfg, "seed", int),
-                   mup=option(cfg, "mup", bool), threads=option(cfg, "threads", int, nullable=True, positive=True),
-                   out=Path(option(cfg, "out", str)))
+                   target=script_option(cfg, "target", float, positive=True), seed=script_option(cfg, "seed", int),
+                   mup=script_option(cfg, "mup", bool),
+                   threads=script_option(cfg, "threads", int, nullable=True, positive=True),
+                   out=Path(script_option(cfg, "out", str)))
 
 
 # --------------------------------------------------------------------------------------------- runs

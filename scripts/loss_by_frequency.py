@@ -37,15 +37,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
-from mugpt.config import compose_training_config, register_configs
+from mugpt.config import compose_training_config, register_configs, script_option
 
 OPTIMIZERS = ("sgd", "adamw")
 TITLES = {"sgd": "SGD (Nesterov momentum 0.9)", "adamw": "AdamW"}
@@ -75,38 +73,20 @@ class Options:
     out: Path
 
 
-KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def option(cfg: DictConfig, key: str, kind: type, nullable: bool = False, positive: bool = False) -> Any:
-    """cfg[key] as Hydra parsed it, checked to be of `kind` (and > 0 with positive=True; an int is a number too,
-    a bool is only a bool); the error names KEY=VALUE."""
-    try:
-        value = cfg[key]
-    except OmegaConfBaseException as exc:  # an interpolation such as ${x} in a value
-        raise ValueError(f"{key}: {str(exc).splitlines()[0]}") from None
-    if value is None and nullable:
-        return None
-    is_kind = kind is bool if isinstance(value, bool) else isinstance(value, (int, float) if kind is float else kind)
-    wanted = ("a positive " + KINDS[kind].removeprefix("an ").removeprefix("a ")) if positive else KINDS[kind]
-    if not is_kind or (positive and not value > 0) or (kind is float and not math.isfinite(value)):
-        raise ValueError(f"{key}={value}: must be {wanted}{' or null' if nullable else ''}")
-    return float(value) if kind is float else value
-
-
 def read_options(cfg: DictConfig) -> Options:
     """The typed, checked options: every refusal (one line naming KEY=VALUE) comes before anything trains."""
-    ints = {k: option(cfg, k, int, positive=True) for k in
+    ints = {k: script_option(cfg, k, int, positive=True) for k in
             ("steps", "every", "buckets", "width", "n_layer", "n_head", "block_size", "batch_size", "smooth",
              "final_events")}
     if ints["width"] % ints["n_head"]:
         raise ValueError(f"width={ints['width']}: not divisible by n_head={ints['n_head']}")
     if ints["every"] > ints["steps"]:
         raise ValueError(f"every={ints['every']}: more than steps={ints['steps']}, so nothing would be measured")
-    opts = Options(**ints, sgd_lr=option(cfg, "sgd_lr", float, nullable=True, positive=True),
-                   adamw_lr=option(cfg, "adamw_lr", float, nullable=True, positive=True),
-                   seed=option(cfg, "seed", int), threads=option(cfg, "threads", int, nullable=True, positive=True),
-                   plot_only=option(cfg, "plot_only", bool), out=Path(option(cfg, "out", str)))
+    opts = Options(**ints, sgd_lr=script_option(cfg, "sgd_lr", float, nullable=True, positive=True),
+                   adamw_lr=script_option(cfg, "adamw_lr", float, nullable=True, positive=True),
+                   seed=script_option(cfg, "seed", int),
+                   threads=script_option(cfg, "threads", int, nullable=True, positive=True),
+                   plot_only=script_option(cfg, "plot_only", bool), out=Path(script_option(cfg, "out", str)))
     if opts.plot_only:
         missing = [name for name in OPTIMIZERS if not metrics_csv(run_dir(opts, name)).is_file()]
         if missing:

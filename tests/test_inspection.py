@@ -184,11 +184,11 @@ def test_sample_script_rejects_bad_options_in_one_line_before_loading(tmp_path, 
                                ([f"ckpt={tmp_path}"], "a run directory without a checkpoint"),
                                ([run, "temperature=-1"], "error: temperature=-1.0: must be >= 0"),
                                ([run, "top_k=0"], "error: top_k=0: must be a positive integer or null"),
-                               ([run, "top_k=many"], "error: top_k=many: expected an integer or null"),
-                               ([run, "top_k=true"], "error: top_k=True: expected an integer or null"),
-                               ([run, "max_new_tokens=1.5"], "error: max_new_tokens=1.5: expected an integer"),
+                               ([run, "top_k=many"], "error: top_k=many: must be an integer or null"),
+                               ([run, "top_k=true"], "error: top_k=True: must be an integer or null"),
+                               ([run, "max_new_tokens=1.5"], "error: max_new_tokens=1.5: must be an integer"),
                                ([run, "device=tpu"], "error: device=tpu: not a device"),
-                               ([run, "prompt=1603"], "error: prompt=1603: expected a string; Hydra read it as int"),
+                               ([run, "prompt=1603"], "error: prompt=1603: must be a string; Hydra read it as int"),
                                ([run, 'prompt="${oops}"'], "error: prompt: Interpolation key 'oops' not found")]:
         assert message in refusal(sample.sample, compose_script("sample", *overrides)), overrides
 
@@ -313,7 +313,7 @@ def test_landscape_script_rejects_bad_options_in_one_line(sp_run, tmp_path):
     for overrides, message in [([], "error: ckpt is required"),
                                ([run, "resolution=6"], "error: resolution=6: must be an odd integer"),
                                ([run, "span=-1"], "error: span=-1.0: must be a positive number"),
-                               ([run, "batches=x"], "error: batches=x: expected an integer"),
+                               ([run, "batches=x"], "error: batches=x: must be an integer"),
                                ([run, "threads=0"], "error: threads=0: must be a positive integer or null"),
                                ([run, f"ckpt2={tmp_path / 'none'}"], f"error: ckpt2={tmp_path / 'none'}: no such"),
                                ([run, "device=tpu"], "error: device=tpu: not a device")]:

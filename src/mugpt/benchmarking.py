@@ -57,7 +57,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from mugpt.config import load_optim_config
+from mugpt.config import load_optim_config, script_option
 from mugpt.model import GPT, GPTConfig
 from mugpt.recipe import Recipe, split_batch, train_step
 
@@ -1050,22 +1050,6 @@ class BenchOptions:
         return {k: v for k, v in asdict(self).items() if k not in ("bench", "out_dir")}
 
 
-_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _option(cfg: DictConfig, key: str, kind: type, nullable: bool = False, minimum: float | None = None) -> Any:
-    """cfg[key] as Hydra parsed it, checked to be of `kind` (an int is a number too; a bool is neither)."""
-    value = cfg.get(key)
-    if value is None and nullable:
-        return None
-    accepted = (int, float) if kind is float else kind
-    if not isinstance(value, accepted) or (isinstance(value, bool) and kind is not bool):
-        raise ValueError(f"{key}={value}: expected {_KINDS[kind]}{' or null' if nullable else ''}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{key}={value}: must be at least {minimum}")
-    return float(value) if kind is float else value
-
-
 def _tricks(value: Any) -> list[str]:
     if isinstance(value, str):  # rows='tf32,compile' as one string
         return [t.strip() for t in value.split(",") if t.strip()]
@@ -1076,28 +1060,28 @@ def _tricks(value: Any) -> list[str]:
 
 def read_options(cfg: DictConfig) -> BenchOptions:
     """The checked options of a run: every refusal (one line naming the key) comes before anything is measured."""
-    device = check_device(_option(cfg, "device", str))
-    preset = _option(cfg, "preset", str)
+    device = check_device(script_option(cfg, "device", str))
+    preset = script_option(cfg, "preset", str)
     if preset not in PRESETS:
         raise ValueError(f"preset={preset}: unknown preset (choose one of {', '.join(PRESETS)})")
-    shape = {k: _option(cfg, k, int, nullable=True, minimum=1)
+    shape = {k: script_option(cfg, k, int, nullable=True, minimum=1)
              for k in ("width", "n_layer", "n_head", "block_size", "batch_size")}
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
     if optim.get("name") != "adamw":
         raise ValueError(f"optim.name={optim.get('name')}: the table compares AdamW implementations; use optim=adamw")
-    compile_mode = _option(cfg, "compile_mode", str)
+    compile_mode = script_option(cfg, "compile_mode", str)
     modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
     if compile_mode not in modes:
         raise ValueError(f"compile_mode={compile_mode}: choose one of {', '.join(modes)}")
-    bench = BenchConfig.from_preset(preset, device=str(device), seed=_option(cfg, "seed", int),
-                                    threads=_option(cfg, "threads", int, nullable=True, minimum=1),
+    bench = BenchConfig.from_preset(preset, device=str(device), seed=script_option(cfg, "seed", int),
+                                    threads=script_option(cfg, "threads", int, nullable=True, minimum=1),
                                     compile_mode=None if compile_mode == "default" else compile_mode,
-                                    optim=optim, loss_chunk=_option(cfg, "loss_chunk", int, minimum=1), **shape)
+                                    optim=optim, loss_chunk=script_option(cfg, "loss_chunk", int, minimum=1), **shape)
     if bench.width % bench.n_head:
         raise ValueError(f"width={bench.width} is not divisible by n_head={bench.n_head}")
     tricks = _tricks(cfg.get("rows"))
     build_rows(tricks)  # an unknown trick is refused here
-    skip_table, skip_overheads = _option(cfg, "skip_table", bool), _option(cfg, "skip_overheads", bool)
+    skip_table, skip_overheads = script_option(cfg, "skip_table", bool), script_option(cfg, "skip_overheads", bool)
     if not skip_table and "accumulation" in tricks and bench.batch_size % 2:
         raise ValueError(f"batch_size={bench.batch_size}: the accumulation row splits the batch in two, so it must "
                          f"be even (or leave accumulation out of rows)")
@@ -1107,7 +1091,7 @@ def read_options(cfg: DictConfig) -> BenchOptions:
     cuda = device.type == "cuda"
 
     def timing(key: str, kind: type, on_cuda: Any, on_cpu: Any, minimum: float) -> Any:
-        value = _option(cfg, key, kind, nullable=True, minimum=minimum)
+        value = script_option(cfg, key, kind, nullable=True, minimum=minimum)
         return value if value is not None else (on_cuda if cuda else on_cpu)
 
     return BenchOptions(
@@ -1115,9 +1099,9 @@ def read_options(cfg: DictConfig) -> BenchOptions:
         block_seconds=timing("block_seconds", float, 3.0, 6.0, 0), warmup=timing("warmup", int, 3, 2, 1),
         overhead_blocks=timing("overhead_blocks", int, 10, 6, 1),
         overhead_block_steps=timing("overhead_block_steps", int, 10, 4, 1),
-        isolate=_option(cfg, "isolate", bool), strict_cumulative=_option(cfg, "strict_cumulative", bool),
-        skip_table=skip_table, skip_overheads=skip_overheads, machine=_option(cfg, "machine", str, nullable=True),
-        out_dir=Path(_option(cfg, "out_dir", str)))
+        isolate=script_option(cfg, "isolate", bool), strict_cumulative=script_option(cfg, "strict_cumulative", bool),
+        skip_table=skip_table, skip_overheads=skip_overheads, machine=script_option(cfg, "machine", str, nullable=True),
+        out_dir=Path(script_option(cfg, "out_dir", str)))
 
 
 def run_benchmark(opts: BenchOptions, command: str = "python scripts/benchmark.py", log: Log = print) -> dict:

@@ -12,6 +12,7 @@ helper); importing a module registers nothing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,34 @@ def check_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(composition_error_line(exc)) from exc
     finally:
         GlobalHydra.instance().clear()
+
+
+# ------------------------------------------------------------------------------------ script options
+OPTION_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def script_option(cfg: DictConfig, key: str, kind: type, nullable: bool = False, positive: bool = False,
+                  minimum: float | None = None) -> Any:
+    """cfg[key] as Hydra parsed it, checked to be of `kind` (an int is a number too, a bool is only a bool; a number
+    is finite), > 0 with `positive`, >= `minimum`; null allowed with `nullable`. For the scripts' own options:
+    the ValueError names KEY=VALUE and what it must be, in one line."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        value = cfg[key]
+    except OmegaConfBaseException as exc:  # an interpolation such as ${x} in a value
+        raise ValueError(f"{key}: {str(exc).strip().splitlines()[0]} (write a literal '${{' as '\\${{')") from None
+    if value is None and nullable:
+        return None
+    noun = OPTION_KINDS[kind].removeprefix("an ").removeprefix("a ")
+    wanted = f"a positive {noun}" if positive else OPTION_KINDS[kind]
+    if minimum is not None and not positive:
+        wanted = f"{OPTION_KINDS[kind]} >= {minimum:g}"
+    ok = kind is bool if isinstance(value, bool) else isinstance(value, (int, float) if kind is float else kind)
+    if ok and kind in (int, float):
+        ok = math.isfinite(value) and (not positive or value > 0) and (minimum is None or value >= minimum)
+    if not ok:
+        hint = (f"; Hydra read it as {type(value).__name__}, quote it: '{key}=\"...\"'"
+                if kind is str and value is not None else "")
+        raise ValueError(f"{key}={value}: must be {wanted}{' or null' if nullable else ''}{hint}")
+    return float(value) if kind is float else value

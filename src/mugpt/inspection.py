@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from mugpt.checkpointing import CHECKPOINT_DIR, LAST
+from mugpt.config import script_option
 from mugpt.data import Tokenizer, get_tokenizer
 from mugpt.model import GPT, GPTConfig
 from mugpt.parametrization import get_parametrization
@@ -228,20 +228,8 @@ def sample_text(run: LoadedRun, prompt: str, max_new_tokens: int, temperature: f
 
 
 # ------------------------------------------------------------------------------------ script options
-OPTION_KINDS = {int: "an integer", float: "a number", str: "a string"}
-
-
 def typed_option(cfg: DictConfig, name: str, kind: type, nullable: bool = False) -> Any:
-    """cfg[name] as Hydra parsed it, checked to be of `kind` (an int is a number too; a bool is neither)."""
+    """A script option read as mugpt.config.script_option reads it; a missing checkpoint option says what to give."""
     if OmegaConf.is_missing(cfg, name):
         raise ValueError(f"{name} is required: {name}=RUN_DIR (a training run's output directory) or {name}=FILE.ckpt")
-    try:
-        value = cfg[name]
-    except OmegaConfBaseException as exc:  # an interpolation such as ${x} in a value
-        raise ValueError(f"{name}: {str(exc).splitlines()[0]} (write a literal '${{' as '\\${{')") from None
-    if value is None and nullable:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
-        hint = f"; Hydra read it as {type(value).__name__}, quote it: '{name}=\"...\"'" if kind is str else ""
-        raise ValueError(f"{name}={value}: expected {OPTION_KINDS[kind]}{' or null' if nullable else ''}{hint}")
-    return float(value) if kind is float else value
+    return script_option(cfg, name, kind, nullable=nullable)
