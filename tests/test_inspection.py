@@ -6,7 +6,6 @@ Two tiny byte-level checkpoints are trained once for the module, one SP and one 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import subprocess
 import sys
@@ -14,11 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from conftest import TINY, compose_config
+from conftest import TINY, compose_config, compose_script, load_script
 from mugpt.inspection import encode_prompt, evaluate_loss, load_run, sample_ids, sample_text, validation_batches
 from mugpt.landscape import check_options, compute_landscape, filter_normalize, random_direction, trainable_weights
 from mugpt.training import train
@@ -26,20 +23,6 @@ from mugpt.training import train
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 VAL_BATCHES = 2  # TINY's data.val_batches: the batches the logged validation loss was measured on
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def compose_script(name: str, *overrides: str) -> DictConfig:
-    """conf/NAME.yaml with command-line overrides, read by Hydra exactly as `python scripts/NAME.py ...` reads them."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
 
 
 def refusal(function, cfg: DictConfig) -> str:

@@ -6,7 +6,6 @@ both it and scripts/loss_by_frequency.py as a user runs them (subprocesses, `slo
 options in-process are in test_diagnostics.py."""
 
 import csv
-import importlib.util
 import math
 import os
 import subprocess
@@ -14,28 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+
+from conftest import compose_script, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def compose_script(name: str, *overrides: str) -> DictConfig:
-    """conf/NAME.yaml with command-line overrides, read by Hydra exactly as `python scripts/NAME.py ...` reads them."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
