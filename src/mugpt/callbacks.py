@@ -192,9 +192,10 @@ def logits_bytes(positions: int, vocab: int) -> int:
     return 2 * positions * vocab * 4
 
 
-def logit_positions(config) -> int | None:
-    """How many positions' logits a training step holds at once: all (None) unless the loss is chunked."""
-    return None if config.loss_impl == "full" else config.loss_chunk
+def logit_positions(config, batch_size: int) -> int:
+    """How many positions' logits a training step holds at once: all of the batch's, or one chunk's."""
+    positions = batch_size * config.block_size
+    return positions if config.loss_impl == "full" else min(config.loss_chunk, positions)
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -222,17 +223,16 @@ class MemoryReport(L.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         state_per_param = 8 if pl_module.optim_cfg.name in ("adamw", "adam") else None
         n = model.num_params()
+        positions = logit_positions(c, self.batch_size)
         self.report = {
             "params_mb": params / 2**20,
             "grads_mb": params / 2**20,
             "optimizer_state_mb": (state_per_param * n / 2**20) if state_per_param else float("nan"),
             "activations_mb": activation_bytes(self.batch_size, c.block_size, c.width, c.n_layer, c.n_head,
                                                c.padded_vocab_size, self.bytes_per_activation,
-                                               c.activation_checkpointing, logit_positions(c)) / 2**20,
+                                               c.activation_checkpointing, positions) / 2**20,
         }
-        positions = logit_positions(c) or self.batch_size * c.block_size
-        self.report["logits_mb"] = logits_bytes(min(positions, self.batch_size * c.block_size),
-                                                c.padded_vocab_size) / 2**20  # part of activations_mb
+        self.report["logits_mb"] = logits_bytes(positions, c.padded_vocab_size) / 2**20  # part of activations_mb
         self.report["estimate_mb"] = sum(v for k, v in self.report.items() if math.isfinite(v) and k != "logits_mb")
         log.info("memory estimate (MiB): weights %.1f, gradients %.1f, optimizer state %.1f, activations %.1f "
                  "(checkpointing %s), total %.1f", self.report["params_mb"], self.report["grads_mb"],

@@ -221,7 +221,8 @@ def check_memory(cfg: DictConfig, vocab_size: int) -> None:
     precision = str(cfg.precision.lightning)
     activations = activation_bytes(cfg.data.batch_size, model_cfg.block_size, model_cfg.width, model_cfg.n_layer,
                                    model_cfg.n_head, model_cfg.padded_vocab_size, 2 if "16" in precision else 4,
-                                   model_cfg.activation_checkpointing, logit_positions(model_cfg))
+                                   model_cfg.activation_checkpointing,
+                                   logit_positions(model_cfg, cfg.data.batch_size))
     estimate = n_params * (4 + 4 + 8) + activations  # fp32 weights and gradients, two Adam moments
     available = available_memory_bytes(uses_cuda(cfg.trainer))
     if available is not None and estimate > available:
