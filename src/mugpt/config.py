@@ -31,6 +31,7 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.1  # floor of cosine/linear/wsd, as a fraction of lr
     decay_fraction: float = 0.2  # wsd: the share of training spent decaying
     exp_gamma: float = 1.0  # exponential: the multiplier per step after warmup
+    warmup_fraction: float | None = None  # warmup as a fraction of the run (replaces warmup_steps when set)
 
 
 @dataclass
@@ -42,6 +43,14 @@ class OptimConfig(ScheduleConfig):
     lr: float = MISSING
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0
+    # Decoupled decay as a time scale (the EMA view of AdamW, Wang & Aitchison 2024): when set, each decayed group
+    # gets λ = 1/(η_group · τ · max_steps), so its weights average over the same fraction τ of every run, however
+    # long, wide or deep; optim.weight_decay is then unused. AdamW-style optimizers only.
+    weight_decay_timescale: float | None = None
+    # Learning rate against the global batch (sequences per optimizer step, all processes and micro-batches):
+    # lr · (batch / base_batch)^p with p = 0 (none), 1/2 (sqrt) or 1 (linear). base_batch: the donor's batch.
+    batch_lr_rule: str = "none"
+    base_batch: int | None = None
 
 
 @dataclass

@@ -42,6 +42,8 @@ class GPTConfig:
     pad_vocab_multiple: int = 64  # 50257 -> 50304: matmuls on a multiple of 64 run faster
     attn_scale: float | None = None  # attention logit scale; None means 1/sqrt(head_size) (SP)
     embed_mult: float = 1.0  # forward multiplier on the embedding output (µP's input multiplier)
+    branch_mult: float = 1.0  # multiplier on every residual branch's output (depth-µP / CompleteP: (L_base/L)^α)
+    init_depth: int | None = None  # the depth in GPT-2's 1/sqrt(2·depth) init of residual projections; None: n_layer
     activation_checkpointing: bool = False  # recompute each block in backward to save memory
     attention_backend: str = "auto"  # auto: PyTorch picks the SDPA kernel; flash | cudnn | efficient | math pin one
     # How the training loss is computed from the last hidden states. full: all logits at once (fp32, with their
@@ -66,6 +68,10 @@ class GPTConfig:
             raise ValueError(f"model.loss_impl must be one of {', '.join(LOSS_IMPLS)}, got {self.loss_impl!r}")
         if not isinstance(self.loss_chunk, int) or self.loss_chunk <= 0:
             raise ValueError(f"model.loss_chunk must be a positive integer, got {self.loss_chunk!r}")
+        if self.init_depth is not None and (not isinstance(self.init_depth, int) or self.init_depth <= 0):
+            raise ValueError(f"model.init_depth must be a positive integer or null, got {self.init_depth!r}")
+        if self.branch_mult <= 0:
+            raise ValueError(f"model.branch_mult must be positive, got {self.branch_mult}")
         if self.attention_backend != "auto" and self.attention_backend not in SDPA_BACKENDS:
             raise ValueError(f"model.attention_backend must be auto or one of {', '.join(SDPA_BACKENDS)}, "
                              f"got {self.attention_backend!r}")
@@ -131,13 +137,18 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.width, bias=config.bias)
         self.mlp = MLP(config)
+        self.branch_mult = config.branch_mult
+
+    def _branch(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        y = module(x)
+        return y * self.branch_mult if self.branch_mult != 1.0 else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x))
-        return self.ln_2(x + self.mlp(x))
+            x = x + self._branch(self.attn, self.ln_1(x))
+            return x + self._branch(self.mlp, self.ln_2(x))
+        x = self.ln_1(x + self._branch(self.attn, x))
+        return self.ln_2(x + self._branch(self.mlp, x))
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -239,8 +250,11 @@ class GPT(nn.Module):
                 nn.init.ones_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+        # GPT-2 shrinks the residual writes by 1/sqrt(2L) so the stream's variance stays O(1) over L blocks. Under
+        # depth-µP / CompleteP the branch multiplier does that job, and this factor is held at the base depth.
+        depth = self.config.init_depth or self.config.n_layer
         for proj in self.residual_projections():
-            normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+            normal_(proj.weight, 0.0, std / math.sqrt(2 * depth))
 
     # -------------------------------------------------------------- forward
     def forward(

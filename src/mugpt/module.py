@@ -19,12 +19,12 @@ from mugpt.recipe import Recipe, plain_dict
 
 class GPTLightningModule(L.LightningModule):
     def __init__(self, model: dict, parametrization: dict, optim: dict, compile_mode: str | None = None,
-                 float8: bool = False) -> None:
+                 float8: bool = False, global_batch: int | None = None) -> None:
         super().__init__()
         model, parametrization, optim = plain_dict(model), plain_dict(parametrization), plain_dict(optim)
         self.save_hyperparameters({"model": model, "parametrization": parametrization, "optim": optim,
-                                   "compile_mode": compile_mode})
-        self.recipe = Recipe(GPTConfig(**model), parametrization, optim)
+                                   "compile_mode": compile_mode, "global_batch": global_batch})
+        self.recipe = Recipe(GPTConfig(**model), parametrization, optim, global_batch)
         self.optim_cfg = self.recipe.optim
         self.model: GPT = self.recipe.build_model()
         if float8:  # before compile and before the optimizer's groups are read: the same parameters, new matmuls
@@ -50,7 +50,7 @@ class GPTLightningModule(L.LightningModule):
         # mugpt.callbacks.ProgressBar shows the loss once per refresh instead.
         self.log("train/loss", loss)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # a float is copied to the device: a sync
-            self.log("train/lr", self.optim_cfg.lr * lr_factor(self.global_step, self.optim_cfg, self._max_steps()))
+            self.log("train/lr", self.recipe.lr * lr_factor(self.global_step, self.optim_cfg, self._max_steps()))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

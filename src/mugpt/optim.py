@@ -32,12 +32,55 @@ def check_schedule(cfg: Any, max_steps: int) -> None:
         raise ValueError(f"optim.schedule: unknown schedule '{cfg.schedule}' (choose one of {', '.join(SCHEDULES)})")
     if cfg.warmup_steps < 0:
         raise ValueError(f"optim.warmup_steps={cfg.warmup_steps} must not be negative")
-    if max_steps > 0 and cfg.warmup_steps > max_steps:
+    if max_steps > 0 and cfg.get("warmup_fraction") is None and cfg.warmup_steps > max_steps:
         # a short smoke run of a long recipe: warm up over the whole run rather than refuse it
         log.warning("optim.warmup_steps=%d exceeds trainer.max_steps=%d: warming up over all %d steps",
                     cfg.warmup_steps, max_steps, max_steps)
     if cfg.lr <= 0:
         raise ValueError(f"optim.lr must be positive, got {cfg.lr}")
+
+
+BATCH_LR_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # the exponent p of lr ∝ batch^p
+DECOUPLED_DECAY = ("adamw", "adam8bit", "adafactor")  # w ← w - lr·wd·w: the decay whose time scale is 1/(lr·wd)
+
+
+def check_transfer_rules(cfg: Any) -> None:
+    """The options that carry a donor's hyperparameters to another batch or run length."""
+    fraction = cfg.get("warmup_fraction")
+    if fraction is not None and not 0.0 <= fraction < 1.0:
+        raise ValueError(f"optim.warmup_fraction must be in [0, 1) (a share of trainer.max_steps), got {fraction}")
+    rule = cfg.get("batch_lr_rule", "none")
+    if rule not in BATCH_LR_RULES:
+        raise ValueError(f"optim.batch_lr_rule: unknown rule '{rule}' (choose one of {', '.join(BATCH_LR_RULES)})")
+    base = cfg.get("base_batch")
+    if rule != "none" and (not isinstance(base, int) or base <= 0):
+        raise ValueError(f"optim.batch_lr_rule={rule} needs optim.base_batch, the donor's global batch in sequences "
+                         f"(a positive integer), got {base!r}")
+    timescale = cfg.get("weight_decay_timescale")
+    if timescale is not None:
+        if timescale <= 0:
+            raise ValueError(f"optim.weight_decay_timescale must be positive (a fraction of the run), got {timescale}")
+        if cfg.name not in DECOUPLED_DECAY:
+            raise ValueError(f"optim.weight_decay_timescale: optim={cfg.name} has no single decoupled decay whose time "
+                             f"scale is 1/(lr·wd) (only {', '.join(DECOUPLED_DECAY)}); set optim.weight_decay instead")
+
+
+def batch_lr_factor(cfg: Any, batch: int | None) -> float:
+    """The factor optim.batch_lr_rule puts on the learning rate for a global batch of `batch` sequences."""
+    rule = cfg.get("batch_lr_rule", "none")
+    if rule == "none":
+        return 1.0
+    if batch is None:
+        raise ValueError(f"optim.batch_lr_rule={rule}: the run's global batch is unknown here")
+    return (batch / cfg.base_batch) ** BATCH_LR_RULES[rule]
+
+
+def warmup_steps(cfg: Any, max_steps: int) -> int:
+    """Warmup in optimizer steps: optim.warmup_fraction of the run when set, else optim.warmup_steps."""
+    fraction = cfg.get("warmup_fraction")
+    if fraction is not None and max_steps > 0:
+        return round(fraction * max_steps)
+    return min(cfg.warmup_steps, max_steps) if max_steps > 0 else cfg.warmup_steps
 
 
 def lr_factor(step: int, cfg: Any, max_steps: int) -> float:
@@ -48,7 +91,7 @@ def lr_factor(step: int, cfg: Any, max_steps: int) -> float:
     wsd: warmup, stable at 1, then a linear decay over the last decay_fraction of training.
     exponential: warmup, then growth (or decay) by exp_gamma per step.
     """
-    warmup = min(cfg.warmup_steps, max_steps) if max_steps > 0 else cfg.warmup_steps
+    warmup = warmup_steps(cfg, max_steps)
     if step < warmup:
         return (step + 1) / warmup
     floor = cfg.min_lr_ratio
@@ -80,6 +123,12 @@ def _foreach(on_cuda: bool, cfg: Any) -> dict:
     fused = cfg.get("fused", "auto")
     use_fused = on_cuda if fused == "auto" else bool(fused)
     return {"fused": use_fused or None, "foreach": None if use_fused else True}
+
+
+def with_eps(groups: list[dict], eps: float) -> list[dict]:
+    """Each group with its own ε: the optimizer's ε times the parametrization's `eps_mult` for the group (µP
+    scales ε as its gradients scale; 1 under SP). For optimizers whose ε sits beside √v (Adam, Adagrad, RMSprop)."""
+    return [{**g, "eps": eps * g.get("eps_mult", 1.0)} for g in groups]
 
 
 def _under_mup(groups: list[dict]) -> bool:
@@ -122,7 +171,8 @@ def mup_family(name: str) -> str:
 
 @optimizer("adamw", mup_family="adam")
 def _adamw(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
+    return torch.optim.AdamW(with_eps(groups, cfg.eps), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             **_foreach(on_cuda, cfg))
 
 
 @optimizer("adam", mup_family="adam")
@@ -132,7 +182,8 @@ def _adam(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # AdamW decouples the two (w ← w - lr·wd·w). µP's wd/lr_mult rule keeps lr·wd fixed, which is exact only
     # for decoupled decay: under µP there is no width-transfer rule for this L2 term (hidden gradients shrink
     # like 1/m while hidden weights shrink like 1/sqrt(m)).
-    return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
+    return torch.optim.Adam(with_eps(groups, cfg.eps), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                            **_foreach(on_cuda, cfg))
 
 
 @optimizer("sgd", mup_family="sgd")
@@ -151,7 +202,7 @@ def _adagrad(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Entrywise g/sqrt(sum g²): Adam-like, so hidden lr/m (mup's docs say so; Tensor Programs V covers
     # Adam). Theory is silent on eps: it must stay small against hidden gradients, which shrink like 1/m,
     # or Adagrad turns SGD-like at large width (the same caveat as Adam's eps). Decay is coupled L2 (see adam).
-    return torch.optim.Adagrad(groups, lr=cfg.lr, eps=cfg.eps,
+    return torch.optim.Adagrad(with_eps(groups, cfg.eps), lr=cfg.lr, eps=cfg.eps,
                                initial_accumulator_value=cfg.initial_accumulator_value, foreach=True)
 
 
@@ -159,8 +210,8 @@ def _adagrad(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
 def _rmsprop(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Adam without bias correction (and with optional heavy-ball momentum): Adam-like, hidden lr/m; the same
     # eps caveat as adagrad. Decay is coupled L2 (see adam).
-    return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
-                               centered=bool(cfg.centered), foreach=True)
+    return torch.optim.RMSprop(with_eps(groups, cfg.eps), lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps,
+                               momentum=cfg.momentum, centered=bool(cfg.centered), foreach=True)
 
 
 @optimizer("adafactor", mup_family="adam")
@@ -206,7 +257,7 @@ def _adam8bit_backend(on_cuda: bool) -> tuple[str, type] | None:
 def _adam8bit(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # AdamW with both moments stored in 8 bits (block-wise quantised): Adam-like, hidden lr/m.
     _, cls = _check_adam8bit(on_cuda)
-    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return cls(with_eps(groups, cfg.eps), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def _check_adam8bit(on_cuda: bool) -> tuple[str, type]:
@@ -295,7 +346,8 @@ def _muon(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     muon_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov), ns_steps=cfg.ns_steps,
                        adjust_lr_fn=cfg.adjust_lr_fn)
     adamw_kwargs = dict(lr=cfg.adamw_lr, betas=tuple(cfg.betas), eps=cfg.eps, **_foreach(on_cuda, cfg))
-    return MuonWithAdamW(muon_groups, adamw_groups, muon_kwargs, adamw_kwargs)
+    # ε only for the AdamW part: Muon's own `eps` is Newton-Schulz's normaliser, not a gradient floor
+    return MuonWithAdamW(muon_groups, with_eps(adamw_groups, cfg.eps), muon_kwargs, adamw_kwargs)
 
 
 def clip_gradients_(parameters, max_norm: float | None) -> torch.Tensor | None:
@@ -313,6 +365,7 @@ def check_optimizer(cfg: Any, on_cuda: bool = False) -> None:
     """Reject an optimizer this machine cannot run, before any model or data is built (build_optimizer calls it
     too; the µP-specific refusals need the parameters and come from the factories)."""
     mup_family(cfg.name)  # an unknown name is refused here
+    check_transfer_rules(cfg)
     if cfg.name == "adam8bit":
         _check_adam8bit(on_cuda)
     if cfg.name == "muon" and not hasattr(torch.optim, "Muon"):

@@ -48,7 +48,7 @@ def _group(groups: dict, key: tuple, *, kind: str, decay: bool, lr: float, mult:
            parametrization: str) -> dict:
     """The group for `key`, created on first use: lr = base lr × the parametrization's multiplier."""
     if key not in groups:
-        groups[key] = {"name": f"{kind}{'' if decay else '_no_decay'}_x{mult:g}", "kind": kind,
+        groups[key] = {"name": f"{kind}{'' if decay else '_no_decay'}_x{mult:g}", "kind": kind, "decay": decay,
                        "parametrization": parametrization, "params": [], "param_names": [], "lr": lr * mult,
                        "lr_mult": mult, "weight_decay": weight_decay if decay else 0.0}
     return groups[key]
@@ -71,6 +71,10 @@ class StandardParametrization:
     def options_for_widths(options: dict, widths: list[int]) -> dict:
         """The options for a run over several widths (the coordinate check): SP has none that depend on width."""
         return dict(options)
+
+    @staticmethod
+    def check_family(family: str) -> None:
+        """Every optimizer family runs under SP (one learning rate for all)."""
 
     def build_model(self, config: GPTConfig) -> GPT:
         return record_shapes(GPT(config))
@@ -119,6 +123,10 @@ def _named_unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, 
 # mugpt.optim declares its family. "adam": entrywise-normalised steps, hidden matrices lr/m, the rest lr.
 # "sgd": mup's MuSGD rules. "muon": orthogonalised hidden steps, no 1/m (see lr_multiplier).
 MUP_FAMILIES = ("adam", "sgd", "muon")
+# Families with a depth rule (CompleteP's Table 1 is derived for Adam; Muon's orthogonalised hidden step has the
+# same size-η entrywise-normalised argument). SGD's depth rule is not implemented: depth_alpha > 0 is refused.
+DEPTH_FAMILIES = ("adam", "muon")
+BLOCKS = "blocks."  # parameters inside the residual blocks (the depth rules apply to them)
 
 
 class _CachedWidthMult:
@@ -157,15 +165,30 @@ class MaximalUpdateParametrization:
     query_zero_init: zero the query projection, so attention starts uniform at every width.
     embedding_lr_mult: a factor on the learning rate of the token and position tables (and of the readout
         tied to the token table), tuned on the donor like the global learning rate; µP keeps it at every width.
+    depth_alpha: the depth exponent α. 0: width-only µP (GPT-2's 1/sqrt(2L) init, no branch multiplier);
+        0.5: depth-µP (Tensor Programs VI; Bordelon et al. 2024); 1: CompleteP (Dey et al. 2025).
+    base_depth: the depth at which the depth rules are the identity (the donor's n_layer); required when α > 0.
+    scale_eps: scale Adam-like optimizers' ε with width and depth as the gradients scale (CompleteP, Eq. 40).
+        At base width and base depth it changes nothing.
     """
 
     name = "mup"
 
     def __init__(self, base_width: int = 256, attn_alpha: float | None = None, input_mult: float = 1.0,
                  output_mult: float = 1.0, readout_zero_init: bool = False, query_zero_init: bool = False,
-                 embedding_lr_mult: float = 1.0) -> None:
+                 embedding_lr_mult: float = 1.0, depth_alpha: float = 0.0, base_depth: int | None = None,
+                 scale_eps: bool = True) -> None:
         if not isinstance(base_width, int) or base_width <= 0:
             raise ValueError(f"parametrization.base_width must be a positive integer, got {base_width!r}")
+        if not isinstance(depth_alpha, (int, float)) or not 0.0 <= depth_alpha <= 1.0:
+            raise ValueError(f"parametrization.depth_alpha must be in [0, 1] (0: width-only µP, 0.5: depth-µP, "
+                             f"1: CompleteP), got {depth_alpha!r}")
+        if base_depth is not None and (not isinstance(base_depth, int) or base_depth <= 0):
+            raise ValueError(f"parametrization.base_depth must be a positive integer (the donor's model.n_layer), "
+                             f"got {base_depth!r}")
+        if depth_alpha > 0 and base_depth is None:
+            raise ValueError(f"parametrization.depth_alpha={depth_alpha} needs parametrization.base_depth (the "
+                             f"donor's model.n_layer, where the depth rules are the identity)")
         for key, value in (("input_mult", input_mult), ("output_mult", output_mult),
                            ("embedding_lr_mult", embedding_lr_mult)):
             if value <= 0:
@@ -177,6 +200,41 @@ class MaximalUpdateParametrization:
         self.readout_zero_init = readout_zero_init
         self.query_zero_init = query_zero_init
         self.embedding_lr_mult = embedding_lr_mult
+        self.depth_alpha = float(depth_alpha)
+        self.base_depth = base_depth
+        self.scale_eps = bool(scale_eps)
+
+    # ---------------------------------------------------------------- depth
+    # Depth rules of CompleteP (Dey et al. 2025, "Don't be lazy", Table 1 and Eq. 40), with the depth multiplier
+    # m_L = L / base_depth. At m_L = 1, and always at α = 0, each factor below is 1: width-only µP.
+    def depth_mult(self, n_layer: int) -> float:
+        return n_layer / self.base_depth if self.base_depth else 1.0
+
+    def branch_mult(self, n_layer: int) -> float:
+        """Table 1, residual branch multiplier: every block's attention and MLP output is scaled by m_L^-α."""
+        return self.depth_mult(n_layer) ** -self.depth_alpha
+
+    def block_lr_factor(self, n_layer: int) -> float:
+        """Table 1, learning rate of every parameter inside a block (hidden matrices, their biases, the block
+        LayerNorms) under an entrywise-normalised optimizer: η · m_L^(α-1). Each block's update moves the output
+        by m_L^-α · η · m_L^(α-1) = η / m_L: the L blocks together move it by O(1) at every depth."""
+        return self.depth_mult(n_layer) ** (self.depth_alpha - 1.0)
+
+    def eps_mult(self, in_block: bool, width: int, n_layer: int) -> float:
+        """Eq. 40, Adam's ε: the gradients of µP's parameters shrink like 1/m_N (the readout's 1/m multiplier is in
+        every backward path), and those inside blocks by a further m_L^-α (the branch multiplier); ε scaled the
+        same keeps its ratio to √v, so it neither damps wide models' updates nor vanishes against narrow ones'."""
+        if not self.scale_eps:
+            return 1.0
+        factor = self.base_width / width
+        return factor * self.depth_mult(n_layer) ** -self.depth_alpha if in_block else factor
+
+    def check_family(self, family: str) -> None:
+        """Refuse an optimizer family that has no depth rule here, in one line, before anything is built."""
+        if self.depth_alpha > 0 and family not in DEPTH_FAMILIES:
+            raise ValueError(f"parametrization.depth_alpha={self.depth_alpha:g}: the '{family}' optimizer family has "
+                             f"no depth rule in this project (CompleteP's is for entrywise-normalised and "
+                             f"orthogonalised steps: {', '.join(DEPTH_FAMILIES)}); use depth_alpha=0")
 
     # ---------------------------------------------------------------- build
     def _with_multipliers(self, config: GPTConfig, width: int) -> GPTConfig:
@@ -184,7 +242,10 @@ class MaximalUpdateParametrization:
             raise ValueError(f"parametrization.base_width: width {width} is not divisible by "
                              f"model.n_head={config.n_head}")
         alpha = self.attn_alpha if self.attn_alpha is not None else math.sqrt(self.base_width // config.n_head)
-        return replace(config, width=width, attn_scale=alpha / (width // config.n_head), embed_mult=self.input_mult)
+        depth = dict(branch_mult=self.branch_mult(config.n_layer),
+                     init_depth=self.base_depth if self.depth_alpha > 0 else None)  # Table 1: init at base depth
+        return replace(config, width=width, attn_scale=alpha / (width // config.n_head), embed_mult=self.input_mult,
+                       **depth)
 
     def _assemble(self, config: GPTConfig) -> GPT:
         model = GPT(config, init=False)
@@ -221,7 +282,8 @@ class MaximalUpdateParametrization:
         """µP init: GPT-2's init drawn through mup.init, which reads each weight's infshape: hidden matrices
         N(0, σ²/m) (σ at base width = GPT-2's, 1/sqrt(2·n_layer) on residual projections kept), embeddings,
         readout and vectors width-independent. The random numbers are drawn in SP's order, so at m = 1 the
-        µP model is SP's, weight for weight, and a donor tuned at the base width is an SP model."""
+        µP model is SP's, weight for weight, and a donor tuned at the base width is an SP model. With α > 0 the
+        residual projections' 1/sqrt(2L) is taken at the base depth (model.init_depth)."""
         model.init_weights(normal_=mup_init.normal_)
         if self.readout_zero_init and not model.config.tie_embeddings:
             nn.init.zeros_(model.lm_head.weight)
@@ -257,18 +319,34 @@ class MaximalUpdateParametrization:
             options["base_width"] = min(widths)
         return options
 
+    @staticmethod
+    def options_for_depths(options: dict, depths: list[int]) -> dict:
+        """The options for a run over several depths (the depth coordinate check): base_depth null = the
+        shallowest."""
+        options = dict(options)
+        if options.get("base_depth") is None:
+            options["base_depth"] = min(depths)
+        return options
+
     def param_groups(self, model: GPT, lr: float, weight_decay: float, family: str = "adam") -> list[dict]:
-        """One group per (kind, µP multiplier, decay or not). Weight decay is scaled inversely to the learning
-        rate, so each step shrinks a weight by the same fraction lr·wd at every width: the donor's decay
-        transfers."""
+        """One group per (kind, µP multiplier, decay or not, ε multiplier). Weight decay is scaled inversely to the
+        learning rate, so each step shrinks a weight by the same fraction lr·wd at every width and depth: the
+        donor's decay transfers. Groups carry `eps_mult` (the factor on an Adam-like optimizer's ε)."""
+        self.check_family(family)
+        config = model.config
+        block_factor = self.block_lr_factor(config.n_layer)
         groups: dict[tuple, dict] = {}
         for name, p, ndim in _named_unique_parameters(model):
-            kind, decay = param_kind(name, ndim), ndim >= 2
+            kind, decay, in_block = param_kind(name, ndim), ndim >= 2, name.startswith(BLOCKS)
             mult = self.lr_multiplier(model.infshapes[name], family)
             if kind == "embedding":
                 mult *= self.embedding_lr_mult
-            group = _group(groups, (kind, mult, decay), kind=kind, decay=decay, lr=lr, mult=mult,
+            if in_block:
+                mult *= block_factor
+            eps_mult = self.eps_mult(in_block, config.width, config.n_layer)
+            group = _group(groups, (kind, mult, decay, eps_mult), kind=kind, decay=decay, lr=lr, mult=mult,
                            weight_decay=weight_decay / mult, parametrization=self.name)
+            group["eps_mult"] = eps_mult
             group["params"].append(p)
             group["param_names"].append(name)
         return list(groups.values())

@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from mugpt.model import GPT, GPTConfig
-from mugpt.optim import build_optimizer, build_scheduler, clip_gradients_, mup_family
+from mugpt.optim import batch_lr_factor, build_optimizer, build_scheduler, clip_gradients_, mup_family
 from mugpt.parametrization import get_parametrization
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -42,6 +42,7 @@ class Recipe:
     model: GPTConfig
     parametrization: dict = field(default_factory=lambda: {"name": "sp"})
     optim: DictConfig = field(default_factory=lambda: OmegaConf.create({"name": "adamw"}))
+    global_batch: int | None = None  # sequences per optimizer step (all processes): for optim.batch_lr_rule
 
     def __post_init__(self) -> None:
         self.parametrization = plain_dict(self.parametrization)
@@ -50,13 +51,20 @@ class Recipe:
 
     @classmethod
     def from_config(cls, model: Mapping[str, Any], parametrization: Mapping[str, Any], optim: Mapping[str, Any],
-                    **model_overrides: Any) -> Recipe:
+                    global_batch: int | None = None, **model_overrides: Any) -> Recipe:
         """From config sections (DictConfigs or dicts). Keys of `model` that GPTConfig does not have are ignored
         (experiment configs may carry notes there); `model_overrides` win (e.g. the tokenizer's vocab_size)."""
         known = {f.name for f in fields(GPTConfig)}
         model_options = {k: v for k, v in plain_dict(model).items() if k in known}
         optim = optim if isinstance(optim, DictConfig) else OmegaConf.create(plain_dict(optim))
-        return cls(GPTConfig(**{**model_options, **model_overrides}), plain_dict(parametrization), optim)
+        return cls(GPTConfig(**{**model_options, **model_overrides}), plain_dict(parametrization), optim,
+                   global_batch)
+
+    @property
+    def lr(self) -> float:
+        """The base learning rate of this run: optim.lr, moved by optim.batch_lr_rule when the global batch differs
+        from optim.base_batch (the donor's)."""
+        return self.optim.lr * batch_lr_factor(self.optim, self.global_batch)
 
     @property
     def grad_clip(self) -> float | None:
@@ -69,15 +77,19 @@ class Recipe:
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         """The parametrization's groups (kind, lr, decay) for this optimizer's µP family."""
-        return self.rule.param_groups(model, self.optim.lr, self.optim.weight_decay,
-                                      family=mup_family(self.optim.name))
+        return self.rule.param_groups(model, self.lr, self.optim.weight_decay, family=mup_family(self.optim.name))
 
     def build_optimizer(self, model: torch.nn.Module, max_steps: int,
                         on_cuda: bool | None = None) -> tuple[Optimizer, LRScheduler]:
         """The optimizer over the parametrization's groups and its schedule over `max_steps` optimizer steps."""
         if on_cuda is None:
             on_cuda = next(model.parameters()).device.type == "cuda"
-        optimizer = build_optimizer(self.param_groups(model), self.optim, on_cuda=on_cuda)
+        groups = self.param_groups(model)
+        timescale = self.optim.get("weight_decay_timescale")
+        if timescale is not None:  # λ·η·τ·T = 1 per group: the decay's memory is the fraction τ of every run
+            for g in groups:
+                g["weight_decay"] = 1.0 / (g["lr"] * timescale * max(1, max_steps)) if g["decay"] else 0.0
+        optimizer = build_optimizer(groups, self.optim, on_cuda=on_cuda)
         return optimizer, build_scheduler(optimizer, self.optim, max(1, max_steps))
 
 

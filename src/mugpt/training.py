@@ -37,7 +37,7 @@ from mugpt.distributed import build_strategy, check_strategy, single_job_command
 from mugpt.errors import ConfigError, refusing_input
 from mugpt.model import GPT, GPTConfig
 from mugpt.module import GPTLightningModule, perplexity
-from mugpt.optim import check_optimizer, check_schedule
+from mugpt.optim import check_optimizer, check_schedule, mup_family
 from mugpt.parametrization import get_parametrization
 from mugpt.run import Run, build_logger, check_loggers, hydra_overrides_and_root, logger_configs, task_wrapper
 
@@ -191,7 +191,8 @@ def check_config(cfg: DictConfig) -> tuple[int, int]:
         check_trainer_keys(cfg)
         model = GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": 1})  # vocab: later
         check_kernels(cfg, model)
-        get_parametrization(OmegaConf.to_container(cfg.parametrization, resolve=True))
+        get_parametrization(OmegaConf.to_container(cfg.parametrization, resolve=True)).check_family(
+            mup_family(cfg.optim.name))
         processes = world_size(cfg.trainer)
         return processes, accumulation_steps(cfg, processes)
 
@@ -284,12 +285,14 @@ def prepare_data(datamodule) -> None:
     datamodule.setup("fit")
 
 
-def build_module(cfg: DictConfig, datamodule, resume_from: tuple[Path, Path] | None) -> tuple[GPTLightningModule, int]:
+def build_module(cfg: DictConfig, datamodule, resume_from: tuple[Path, Path] | None,
+                 global_batch: int | None = None) -> tuple[GPTLightningModule, int]:
     """The LightningModule (its vocabulary from the tokenizer), then the resume checkpoint checked against it.
-    Returns the module and its parameter count (counted before FSDP shards it)."""
+    Returns the module and its parameter count (counted before FSDP shards it). `global_batch`: sequences per
+    optimizer step over all processes (optim.batch_lr_rule reads it)."""
     model_cfg = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": datamodule.vocab_size}
     module = GPTLightningModule(model_cfg, cfg.parametrization, cfg.optim, compile_mode=cfg.compile.mode,
-                                float8=bool(cfg.precision.get("float8", False)))
+                                float8=bool(cfg.precision.get("float8", False)), global_batch=global_batch)
     if resume_from is not None:
         check_compatible(resume_from[0], dict(module.hparams))
     n_params = module.model.num_params()
@@ -427,7 +430,7 @@ def train(cfg: DictConfig, run: Run) -> None:
     resume_from = resolve_resume(cfg, run)
     start_run(cfg, run)
     prepare_data(datamodule)
-    module, n_params = build_module(cfg, datamodule, resume_from)
+    module, n_params = build_module(cfg, datamodule, resume_from, cfg.data.batch_size * accumulate * processes)
     callbacks = build_callbacks(cfg, run, module, datamodule, accumulate)
     trainer = build_trainer(cfg, run, callbacks.all(), processes, accumulate)
     metrics = fit(run, trainer, module, datamodule, callbacks, resume_from)
