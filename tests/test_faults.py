@@ -329,6 +329,11 @@ BAD_INPUTS = [  # (overrides, what the one line must say)
     (["checkpoint.every_n_steps=-1"], "checkpoint.every_n_steps=-1: must be an integer >= 0"),
     (["parametrization=mup", "parametrization.base_width=0"], "parametrization.base_width must be a positive integer"),
     (["grad_accum=tokens", "grad_accum.batch_tokens=1000"], "grad_accum.batch_tokens=1000 is not a positive multiple"),
+    (["parametrization=mup", "parametrization.depth_alpha=1"], "parametrization.depth_alpha=1 needs "
+                                                                "parametrization.base_depth"),
+    (["parametrization=mup", "parametrization.depth_alpha=1", "parametrization.base_depth=2", "optim=sgd"],
+     "parametrization.depth_alpha=1: the 'sgd' optimizer family has no depth rule"),
+    (["optim.batch_lr_rule=sqrt"], "optim.batch_lr_rule=sqrt needs optim.base_batch"),
 ]
 
 

@@ -391,3 +391,72 @@ def test_optimizer_state_bytes_per_parameter(name):
         assert got["bytes_per_param"] == 8.0
     if name == "adafactor":
         assert got["bytes_per_param"] < 0.25  # measured 0.1 on this model
+
+
+# ------------------------------------------------------------ ε, batch, decay time scale, warmup fraction
+@pytest.mark.parametrize("name", ["adamw", "adam", "adagrad", "rmsprop", "muon"])
+def test_mup_scales_each_groups_eps_with_width(name):
+    """At width 4x base every group's ε is the optimizer's ε / 4 (µP's gradients are 1/m smaller); Muon's own
+    groups keep Newton-Schulz's eps untouched (a normaliser, not a gradient floor)."""
+    p = get_parametrization({"name": "mup", "base_width": 64})
+    model = p.build_model(tiny(256))
+    cfg = optim_cfg(name)
+    opt = build_optimizer(p.param_groups(model, cfg.lr, 0.0, family=mup_family(name)), cfg)
+    adam_like = opt.adamw.param_groups if name == "muon" else opt.param_groups
+    assert [g["eps"] for g in adam_like] == [pytest.approx(cfg.eps / 4)] * len(adam_like)
+    if name == "muon":
+        assert {g["eps"] for g in opt.muon.param_groups} == {torch.optim.Muon([torch.zeros(2, 2)]).defaults["eps"]}
+
+
+def test_sp_keeps_the_optimizers_eps():
+    model = get_parametrization({"name": "sp"}).build_model(tiny(256))
+    opt = sp_optimizer(model, optim_cfg("adamw"))
+    assert {g["eps"] for g in opt.param_groups} == {1e-8}
+
+
+@pytest.mark.parametrize("rule, batch, factor", [("none", 64, 1.0), ("sqrt", 64, 2.0), ("linear", 64, 4.0),
+                                                 ("sqrt", 4, 0.5), ("linear", 16, 1.0)])
+def test_batch_lr_rule(rule, batch, factor):
+    from mugpt.recipe import Recipe
+
+    cfg = optim_cfg("adamw", batch_lr_rule=rule, base_batch=16, lr=1e-3)
+    recipe = Recipe(tiny(64), {"name": "mup", "base_width": 64}, cfg, global_batch=batch)
+    assert recipe.lr == pytest.approx(1e-3 * factor)
+    groups = recipe.param_groups(recipe.build_model())
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3 * factor)] * len(groups)
+
+
+def test_weight_decay_timescale_sets_each_groups_decay():
+    """λ = 1/(η_group·τ·T): the per-step shrink η·λ is 1/(τ·T) for every decayed group, whatever its lr."""
+    from mugpt.recipe import Recipe
+
+    cfg = optim_cfg("adamw", weight_decay_timescale=0.25, weight_decay=0.0, lr=1e-2)
+    recipe = Recipe(tiny(256), {"name": "mup", "base_width": 64}, cfg)
+    opt, _ = recipe.build_optimizer(recipe.build_model(), max_steps=400)
+    decayed = [g for g in opt.param_groups if g["decay"]]
+    assert {g["lr_mult"] for g in decayed} == {1.0, 0.25}  # embedding and hidden groups both covered
+    for g in decayed:
+        assert g["lr_mult"] * 1e-2 * g["weight_decay"] == pytest.approx(1 / 100)
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups if not g["decay"])
+
+
+def test_warmup_fraction_replaces_warmup_steps():
+    cfg = sched(warmup_fraction=0.25, warmup_steps=3, schedule="constant")
+    assert [lr_factor(s, cfg, 40) for s in (0, 4, 9, 10)] == [pytest.approx(0.1), pytest.approx(0.5), 1.0, 1.0]
+    assert lr_factor(19, cfg, 80) == pytest.approx(1.0) and lr_factor(18, cfg, 80) == pytest.approx(0.95)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(batch_lr_rule="cubic"), "optim.batch_lr_rule: unknown rule 'cubic'"),
+    (dict(batch_lr_rule="sqrt"), "optim.batch_lr_rule=sqrt needs optim.base_batch"),
+    (dict(weight_decay_timescale=0.0), "optim.weight_decay_timescale must be positive"),
+    (dict(warmup_fraction=1.0), "optim.warmup_fraction must be in \\[0, 1\\)"),
+])
+def test_bad_transfer_options_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        check_optimizer(optim_cfg("adamw", **kw))
+
+
+def test_weight_decay_timescale_needs_decoupled_decay():
+    with pytest.raises(ValueError, match="optim.weight_decay_timescale: optim=adam has no single decoupled decay"):
+        check_optimizer(optim_cfg("adam", weight_decay_timescale=0.5))

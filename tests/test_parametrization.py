@@ -225,3 +225,118 @@ def test_param_kind():
 def test_unknown_parametrization_is_rejected():
     with pytest.raises(ValueError, match="parametrization: unknown option 'ntk'"):
         get_parametrization({"name": "ntk"})
+
+
+# ------------------------------------------------------------------------------------ depth (CompleteP)
+def completep(alpha: float = 1.0, base_depth: int = 2, **kw) -> MaximalUpdateParametrization:
+    return mup(depth_alpha=alpha, base_depth=base_depth, **kw)
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0])
+def test_depth_mup_at_base_width_and_depth_is_sp(alpha):
+    """At base width and base depth every depth rule is the identity: SP's weights, function and groups."""
+    torch.manual_seed(0)
+    sp_model = get_parametrization({"name": "sp"}).build_model(config(BASE))
+    torch.manual_seed(0)
+    model = completep(alpha).build_model(config(BASE))
+    for (name, a), b in zip(sp_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+    x = torch.randint(0, 256, (2, 32))
+    assert torch.equal(model(x)[0], sp_model(x)[0])
+    sp_groups = get_parametrization({"name": "sp"}).param_groups(sp_model, 1e-2, 0.1)
+    groups = completep(alpha).param_groups(model, 1e-2, 0.1)
+    by_name = lambda gs: {n: (g["lr"], g["weight_decay"], g.get("eps_mult", 1.0)) for g in gs  # noqa: E731
+                          for n in g["param_names"]}
+    assert by_name(groups) == by_name(sp_groups)
+
+
+@pytest.mark.parametrize("alpha, depth", [(1.0, 8), (0.5, 8), (1.0, 4), (0.0, 8)])
+def test_depth_rules_per_group(alpha, depth):
+    """At L = 4·base_depth (or 2·), width 2·base: branch multiplier m_L^-α, block lr × m_L^(α-1) on top of µP's
+    1/m_N for hidden matrices, ε × m_N^-1 (× m_L^-α inside blocks), lr·wd kept; outside blocks no depth factor."""
+    p = completep(alpha) if alpha else mup()
+    model = p.build_model(config(2 * BASE, n_layer=depth))
+    m_l = depth / 2 if alpha else 1.0
+    assert model.config.branch_mult == pytest.approx(m_l ** -alpha)
+    assert all(b.branch_mult == pytest.approx(m_l ** -alpha) for b in model.blocks)
+    groups = {n: g for g in p.param_groups(model, lr=1e-2, weight_decay=0.1, family="adam") for n in g["param_names"]}
+    block = m_l ** (alpha - 1.0)
+    expected_lr = {"blocks.3.attn.qkv.weight": 1e-2 / 2 * block, "blocks.0.mlp.proj.weight": 1e-2 / 2 * block,
+                   "blocks.1.attn.qkv.bias": 1e-2 * block, "blocks.2.ln_1.weight": 1e-2 * block,
+                   "ln_f.weight": 1e-2, "tok_emb.weight": 1e-2, "pos_emb.weight": 1e-2}
+    expected_eps = {"blocks.3.attn.qkv.weight": 0.5 * m_l ** -alpha, "blocks.2.ln_1.weight": 0.5 * m_l ** -alpha,
+                    "ln_f.weight": 0.5, "tok_emb.weight": 0.5}
+    for name, lr in expected_lr.items():
+        assert groups[name]["lr"] == pytest.approx(lr), name
+        if groups[name]["decay"]:
+            assert groups[name]["lr"] * groups[name]["weight_decay"] == pytest.approx(1e-3), name
+    for name, eps in expected_eps.items():
+        assert groups[name]["eps_mult"] == pytest.approx(eps), name
+
+
+def test_depth_init_holds_gpt2_factor_at_base_depth():
+    """α > 0: the residual projections' std is 0.02/sqrt(2·base_depth) at any depth (the branch multiplier does
+    the 1/sqrt(L) job); α = 0 keeps GPT-2's 0.02/sqrt(2L). Other weights are depth-independent."""
+    torch.manual_seed(0)
+    deep = completep(1.0).build_model(config(BASE, n_layer=16))
+    torch.manual_seed(0)
+    width_only = mup().build_model(config(BASE, n_layer=16))
+    proj = lambda m: torch.cat([p.weight.flatten() for p in m.residual_projections()]).std().item()  # noqa: E731
+    assert proj(deep) == pytest.approx(0.02 / math.sqrt(4), rel=0.03)
+    assert proj(width_only) == pytest.approx(0.02 / math.sqrt(32), rel=0.03)
+    assert deep.blocks[5].mlp.fc.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert deep.config.init_depth == 2 and width_only.config.init_depth is None
+
+
+def test_branch_multiplier_scales_each_residual_branch():
+    """A block's output is x + m·attn(ln(x)) then + m·mlp(ln(·)): with m = 1/4 the update to the stream is a
+    quarter of the unscaled block's, for the same weights."""
+    torch.manual_seed(0)
+    model = completep(1.0).build_model(config(BASE, n_layer=8))
+    block = model.blocks[0]
+    x = torch.randn(2, 8, BASE)
+    scaled = block(x) - x
+    attn = 0.25 * block.attn(block.ln_1(x))
+    expected = attn + 0.25 * block.mlp(block.ln_2(x + attn))
+    torch.testing.assert_close(scaled, expected)
+    block.branch_mult = 1.0
+    assert not torch.allclose(block(x) - x, scaled)
+
+
+def test_scale_eps_false_keeps_adams_eps():
+    model = mup(scale_eps=False).build_model(config(4 * BASE))
+    assert {g["eps_mult"] for g in mup(scale_eps=False).param_groups(model, 1e-2, 0.0)} == {1.0}
+    model = mup().build_model(config(4 * BASE))
+    assert {g["eps_mult"] for g in mup().param_groups(model, 1e-2, 0.0)} == {0.25}
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"depth_alpha": 1.5, "base_depth": 2}, "parametrization.depth_alpha must be in \\[0, 1\\]"),
+    ({"depth_alpha": 1.0}, "parametrization.depth_alpha=1 needs parametrization.base_depth"),
+    ({"depth_alpha": 1.0, "base_depth": 0}, "parametrization.base_depth must be a positive integer"),
+])
+def test_bad_depth_options_are_rejected(options, match):
+    with pytest.raises(ValueError, match=match):
+        mup(**options)
+
+
+def test_sgd_has_no_depth_rule_and_is_refused():
+    p = completep(1.0)
+    model = p.build_model(config(BASE, n_layer=4))
+    with pytest.raises(ValueError, match="parametrization.depth_alpha=1: the 'sgd' optimizer family has no depth"):
+        p.param_groups(model, 1e-2, 0.0, family="sgd")
+    assert p.param_groups(model, 1e-2, 0.0, family="muon")  # Muon has one
+    mup().param_groups(model, 1e-2, 0.0, family="sgd")  # α = 0: SGD's width rules as before
+
+
+def test_alpha_zero_ignores_base_depth():
+    """depth_alpha=0 with base_depth given (a sweep over α shares the override) is today's width-only µP."""
+    model = mup(depth_alpha=0.0, base_depth=2).build_model(config(BASE, n_layer=8))
+    groups = mup(depth_alpha=0.0, base_depth=2).param_groups(model, 1e-2, 0.0)
+    assert {g["lr"] for g in groups} == {1e-2} and model.config.branch_mult == 1.0
+    assert model.config.init_depth is None
+
+
+def test_options_for_depths_fills_base_depth():
+    assert MaximalUpdateParametrization.options_for_depths({"depth_alpha": 1.0}, [8, 2, 4])["base_depth"] == 2
+    assert MaximalUpdateParametrization.options_for_depths({"base_depth": 4}, [2, 8])["base_depth"] == 4

@@ -79,6 +79,8 @@ def test_divergence_is_recorded_not_raised(make_cfg):
         ("model.width=65", "model.width=65 is not divisible by model.n_head=2"),
         ("data.tokenizer=sentencepiece", "data.tokenizer"),
         ("precision=16-mixed", "precision=16-mixed"),
+        ("optim.warmup_fraction=2", "optim.warmup_fraction must be in"),
+        ("optim.weight_decay_timescale=-1", "optim.weight_decay_timescale must be positive"),
     ],
 )
 def test_bad_input_fails_before_training(make_cfg, override, match):

@@ -187,7 +187,7 @@ class MaximalUpdateParametrization:
             raise ValueError(f"parametrization.base_depth must be a positive integer (the donor's model.n_layer), "
                              f"got {base_depth!r}")
         if depth_alpha > 0 and base_depth is None:
-            raise ValueError(f"parametrization.depth_alpha={depth_alpha} needs parametrization.base_depth (the "
+            raise ValueError(f"parametrization.depth_alpha={depth_alpha:g} needs parametrization.base_depth (the "
                              f"donor's model.n_layer, where the depth rules are the identity)")
         for key, value in (("input_mult", input_mult), ("output_mult", output_mult),
                            ("embedding_lr_mult", embedding_lr_mult)):
@@ -218,6 +218,8 @@ class MaximalUpdateParametrization:
         """Table 1, learning rate of every parameter inside a block (hidden matrices, their biases, the block
         LayerNorms) under an entrywise-normalised optimizer: η · m_L^(α-1). Each block's update moves the output
         by m_L^-α · η · m_L^(α-1) = η / m_L: the L blocks together move it by O(1) at every depth."""
+        if self.depth_alpha == 0:  # α = 0 is width-only µP: no depth rule at all, whatever base_depth says
+            return 1.0
         return self.depth_mult(n_layer) ** (self.depth_alpha - 1.0)
 
     def eps_mult(self, in_block: bool, width: int, n_layer: int) -> float:
