@@ -2,6 +2,10 @@
 
 Example: python scripts/coord_check.py widths=[64,128,256] seeds=[0] steps=3 optim.lr=3e-2
 Writes coord_check.csv, coord_check_slopes.csv and coord_check.png into Hydra's run dir.
+
+Depth (µP at depth_alpha 0 vs CompleteP, at width model.width):
+    python scripts/coord_check.py axis=depth depths=[2,4,8,16,32] seeds=[0,1,2] steps=5
+writes coord_check_depth.csv, coord_check_depth_slopes.csv and coord_check_depth.png.
 """
 
 import logging
@@ -20,21 +24,24 @@ log = logging.getLogger("mugpt")
 def main(cfg: DictConfig) -> None:
     try:
         check_coord_check(cfg)
-    except ValueError as exc:  # a width or option that cannot run: one line, before any model trains
+    except ValueError as exc:  # an axis, width, depth or option that cannot run: one line, before any model trains
         sys.exit(f"error: {exc}")
     result = run_coord_check(cfg)
-    out = result["output_dir"]
-    print(f"\nslope of log2 mean|activation| vs log2 width (0 = flat; hidden = all but the logits):\n"
-          f"{result['table']}\n")
-    print(f"{len(result['rows'])} rows in {result['seconds']:.0f}s -> {out / 'coord_check.csv'}, "
-          f"{out / 'coord_check_slopes.csv'}, {out / 'coord_check.png'}")
+    if cfg.get("axis", "width") == "depth":
+        print(f"\nslope vs log2 depth of log2 mean|x| and of log2 mean|x_t - x_0| (update), mean ± sd over seeds "
+              f"(0 = flat in depth; attn/mlp/residual: mean over blocks):\n{result['table']}\n")
+    else:
+        print(f"\nslope of log2 mean|activation| vs log2 width (0 = flat; hidden = all but the logits):\n"
+              f"{result['table']}\n")
+    csvs = [f for f in result["files"] if f.suffix == ".csv"]
+    pngs = [f for f in result["files"] if f.suffix == ".png"]
+    print(f"{len(result['rows'])} rows in {result['seconds']:.0f}s -> {', '.join(map(str, result['files']))}")
     if cfg.get("wandb"):
         from omegaconf import OmegaConf
 
         from mugpt.run import publish_to_wandb
 
-        local = publish_to_wandb("coord_check", out, [out / "coord_check.png"],
-                                 [out / "coord_check.csv", out / "coord_check_slopes.csv"],
+        local = publish_to_wandb(pngs[0].stem, result["output_dir"], pngs, csvs,
                                  OmegaConf.to_container(cfg, resolve=False))
         print(f"logged to W&B: {local}")
 

@@ -7,11 +7,20 @@ update the mean |x| of a few activations is measured on one fixed batch. Under �
 stays Θ(1) in width (a flat line against log width) at every step; under SP the updates make them grow
 with width from the first step on, the faster the higher the learning rate.
 
+`axis: depth` asks the same of depth (CompleteP, Dey et al. 2025): at the fixed width model.width, for each
+depth in `depths` and each of `depth_parametrizations` (µP at depth_alpha 0 and 1 by default), it records the
+mean |x| and the update size mean |x_t - x_0| (x_0: the same model's activation before any update). Module
+names differ across depths, so each kind (embedding, attention, MLP, residual stream, logits) is the mean over
+blocks, plus the last block's residual output. Under α = 1 the branch outputs and the stream the last block
+hands on, and their updates, are flat in depth; under α = 0 the branch outputs start at L^-1/2 (GPT-2's
+1/sqrt(2L) init) and the stream's update grows nearly as L (a slope of ~0.75 at width 64, depths 2-16).
+
 Forward hooks are our own: mup.coord_check's hooks break on modules returning tuples with None, and
 average in the activation's own precision; here every mean is a float64 mean of |x|.
 
 Entry points: `run_coord_check(cfg)` (a mapping shaped like conf/coord_check.yaml) runs everything and
-writes coord_check.csv, coord_check_slopes.csv and coord_check.png; the pieces are importable one by one.
+writes coord_check.csv, coord_check_slopes.csv and coord_check.png (axis=depth: coord_check_depth.csv,
+coord_check_depth_slopes.csv and coord_check_depth.png); the pieces are importable one by one.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from mugpt.model import GPT, GPTConfig
+from mugpt.optim import mup_family
 from mugpt.parametrization import get_parametrization, parametrization_class
 from mugpt.recipe import Recipe, train_step
 
@@ -49,6 +59,25 @@ KIND_TITLES = {
     "logits": "logits",
 }
 PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)"}
+
+# The depth axis (axis=depth). Its CSV has one row per (parametrization, depth, step, module kind, seed), with the
+# activation's size and its update's size side by side; the width axis's CSV keeps its own columns.
+AXES = ("width", "depth")
+DEPTH_CSV_COLUMNS = ("parametrization", "depth", "step", "module", "seed", "l1", "update_l1")
+DEPTH_SLOPE_COLUMNS = ("parametrization", "quantity", "step", "module", "slope", "seed_sd", "n_seeds")
+QUANTITIES = {"l1": "mean |x|", "update_l1": "mean |x_t - x_0|"}
+# Per-block modules averaged over the blocks (so that depths compare), plus the stream the last block hands on.
+DEPTH_KINDS = ("embedding", "attn", "mlp", "residual", "residual_last", "logits")
+DEPTH_KIND_TITLES = {
+    "embedding": "embedding output",
+    "attn": "attention output (block mean)",
+    "mlp": "MLP output (block mean)",
+    "residual": "residual stream (block mean)",
+    "residual_last": "residual stream, last block",
+    "logits": "logits",
+}
+DEPTH_PARAM_TITLES = {"mup_alpha0": "µP, α = 0 (width only)", "depth_mup": "depth-µP, α = 1/2",
+                      "completep": "CompleteP, α = 1"}
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -99,29 +128,37 @@ def module_kind(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-@contextlib.contextmanager
-def record_l1(model: GPT) -> Iterator[dict[str, float]]:
-    """Forward hooks filling a dict with the float64 mean |output| of each probed module (last call wins).
+def mean_abs(x: torch.Tensor) -> float:
+    return x.detach().to(torch.float64).abs().mean().item()
 
-    The logits are cut to the tokenizer's vocabulary: padding columns are never trained toward anything."""
-    values: dict[str, float] = {}
+
+@contextlib.contextmanager
+def _on_outputs(model: GPT, callback: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Forward hooks calling callback(name, output) for each probed module. The logits are cut to the
+    tokenizer's vocabulary: padding columns are never trained toward anything."""
     vocab = model.config.vocab_size
 
     def hook_for(name: str):
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             x = output[0] if isinstance(output, (tuple, list)) else output
-            if name == "logits":
-                x = x[..., :vocab]
-            values[name] = x.detach().to(torch.float64).abs().mean().item()
+            callback(name, x[..., :vocab] if name == "logits" else x)
 
         return hook
 
     handles = [m.register_forward_hook(hook_for(n)) for n, m in probed_modules(model).items()]
     try:
-        yield values
+        yield
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def record_l1(model: GPT) -> Iterator[dict[str, float]]:
+    """Forward hooks filling a dict with the float64 mean |output| of each probed module (last call wins)."""
+    values: dict[str, float] = {}
+    with _on_outputs(model, lambda name, x: values.__setitem__(name, mean_abs(x))):
+        yield values
 
 
 @torch.no_grad()
@@ -134,18 +171,49 @@ def measure(model: GPT, x: torch.Tensor) -> dict[str, float]:
     return dict(values)
 
 
+@torch.no_grad()
+def probe_outputs(model: GPT, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each probed module's output on `x` (detached, logits cut to the vocabulary), in eval mode."""
+    outputs: dict[str, torch.Tensor] = {}
+    was_training = model.training
+    model.eval()
+    with _on_outputs(model, lambda name, h: outputs.__setitem__(name, h.detach().clone())):
+        model(x)
+    model.train(was_training)
+    return outputs
+
+
+def aggregate_by_kind(values: Mapping[str, float]) -> dict[str, float]:
+    """Per-module values → one per module kind, comparable across depths: embedding and logits as they are,
+    attn/mlp/residual the mean over blocks, residual_last the last block's output (what the final LayerNorm
+    and the readout see). A kind with no module (no blocks) is left out.
+
+    Read the stream's depth scaling off residual_last: where every block adds an equal share, block i's stream
+    holds (i+1)/L of what the last one does, so the block mean is (L+1)/(2L) of it, 1 at L = 1 and 1/2 as L
+    grows (a slope of about -0.2 over depths 2-16 even when residual_last is flat)."""
+    out: dict[str, float] = {}
+    for kind in DEPTH_KINDS:
+        if kind == "residual_last":
+            blocks = [name for name in values if module_kind(name) == "residual"]
+            if blocks:
+                out[kind] = values[max(blocks, key=lambda name: int(name.split(".")[0].removeprefix("block")))]
+            continue
+        members = [v for name, v in values.items() if module_kind(name) == kind]
+        if members:
+            out[kind] = float(np.mean(members))
+    return out
+
+
 # --------------------------------------------------------------------------------------- training
 def _as_config(cfg: Any) -> DictConfig:
     return cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
 
 
-def trace_one(parametrization: Mapping[str, Any], model_config: GPTConfig, optim_cfg: Any,
-              train_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], probe: torch.Tensor, steps: int,
-              seed: int, device: str = "cpu") -> list[dict[str, float]]:
-    """Build one model (init seeded by `seed`), then measure on `probe` after 0, 1, ..., steps-1 updates, each
-    update the trainer's own step (mugpt.recipe.train_step).
-
-    Returns one {module: l1} dict per step. Update t uses train_batches[t]."""
+def train_steps(parametrization: Mapping[str, Any], model_config: GPTConfig, optim_cfg: Any,
+                train_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], steps: int, seed: int,
+                device: str = "cpu") -> Iterator[GPT]:
+    """Build one model (init seeded by `seed`) and yield it after 0, 1, ..., steps-1 updates, each update the
+    trainer's own step (mugpt.recipe.train_step) on train_batches[t]. Measure it before asking for the next."""
     if len(train_batches) < steps - 1:
         raise ValueError(f"{steps} steps need {steps - 1} training batches, got {len(train_batches)}")
     recipe = Recipe(model_config, dict(parametrization), optim_cfg)
@@ -153,17 +221,44 @@ def trace_one(parametrization: Mapping[str, Any], model_config: GPTConfig, optim
     model = recipe.build_model(device)
     model.train()
     optimizer, scheduler = recipe.build_optimizer(model, max(steps - 1, 1), on_cuda=str(device).startswith("cuda"))
-    probe = probe.to(device)
-    trace = []
     for t in range(steps):
-        trace.append(measure(model, probe))
+        yield model
         if t == steps - 1:
             break
         batch = tuple(b.to(device) for b in train_batches[t])
         loss = train_step(model, optimizer, scheduler, [batch], grad_clip=recipe.grad_clip).loss
         if not torch.isfinite(loss):
-            log.warning("%s width=%d seed=%d: loss is %s at step %d", parametrization["name"],
-                        model_config.width, seed, loss.item(), t)
+            log.warning("%s width=%d n_layer=%d seed=%d: loss is %s at step %d", parametrization["name"],
+                        model_config.width, model_config.n_layer, seed, loss.item(), t)
+
+
+def trace_one(parametrization: Mapping[str, Any], model_config: GPTConfig, optim_cfg: Any,
+              train_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], probe: torch.Tensor, steps: int,
+              seed: int, device: str = "cpu") -> list[dict[str, float]]:
+    """Build one model (init seeded by `seed`), then measure on `probe` after 0, 1, ..., steps-1 updates.
+
+    Returns one {module: l1} dict per step. Update t uses train_batches[t]."""
+    probe = probe.to(device)
+    return [measure(model, probe)
+            for model in train_steps(parametrization, model_config, optim_cfg, train_batches, steps, seed, device)]
+
+
+def trace_updates(parametrization: Mapping[str, Any], model_config: GPTConfig, optim_cfg: Any,
+                  train_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], probe: torch.Tensor, steps: int,
+                  seed: int, device: str = "cpu") -> list[dict[str, dict[str, float]]]:
+    """As trace_one, and also how far each activation has moved: per step {"l1": {module: mean |x_t|},
+    "update_l1": {module: mean |x_t - x_0|}}, x_0 the same module's output on `probe` before any update
+    (so update_l1 is 0 at step 0). A mean of differences, not a difference of means: an update that turns
+    features around without changing their size still counts."""
+    probe = probe.to(device)
+    trace: list[dict[str, dict[str, float]]] = []
+    reference: dict[str, torch.Tensor] = {}
+    for model in train_steps(parametrization, model_config, optim_cfg, train_batches, steps, seed, device):
+        outputs = probe_outputs(model, probe)
+        reference = reference or outputs
+        trace.append({"l1": {name: mean_abs(h) for name, h in outputs.items()},
+                      "update_l1": {name: mean_abs(h.to(torch.float64) - reference[name].to(torch.float64))
+                                    for name, h in outputs.items()}})
     return trace
 
 
@@ -186,10 +281,61 @@ def plan_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Ma
     return configs, plans
 
 
+def plan_depth_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Mapping[str, Any],
+                      depths: Sequence[Any], steps: int, vocab_size: int,
+                      optim_name: str | None = None) -> tuple[list[GPTConfig], dict[str, dict]]:
+    """Each depth's model config (sorted by depth, all at model_cfg's width) and each parametrization's options,
+    all checked: a depth or option that cannot run is refused before any model trains.
+
+    base_width null → model.width: the width rules are the identity, only depth is varied. base_depth null →
+    the smallest depth (options_for_depths). At depth_alpha 0 there is no depth rule: width-only µP as training
+    runs it by default, the baseline CompleteP is compared with."""
+    for d in depths:
+        if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
+            raise ValueError(f"depths: {d!r} is not a positive integer (a depth is model.n_layer)")
+    depths = sorted(set(depths))
+    if len(depths) < 2:
+        raise ValueError(f"depths: a depth coordinate check needs at least two distinct depths, got {depths}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if not parametrizations:
+        raise ValueError("depth_parametrizations: nothing to compare (give at least one)")
+    model_fields = {k: v for k, v in dict(model_cfg).items() if k in GPTConfig.__dataclass_fields__}
+    configs = [GPTConfig(**{**model_fields, "vocab_size": vocab_size, "n_layer": d}) for d in depths]
+    width = configs[0].width
+    plans = {}
+    for label, options in parametrizations.items():
+        cls = parametrization_class(options["name"])
+        options = cls.options_for_depths(cls.options_for_widths(dict(options), [width]), depths)
+        rule = get_parametrization(options)  # refuses a bad option before any model trains
+        if optim_name is not None:
+            rule.check_family(mup_family(optim_name))  # e.g. SGD has no depth rule
+        plans[label] = options
+    return configs, plans
+
+
+def depth_list(cfg: DictConfig) -> list:
+    if not OmegaConf.is_list(cfg.get("depths")):
+        raise ValueError(f"depths must be a list of model.n_layer values, e.g. [2,4,8], got {cfg.get('depths')!r}")
+    return list(cfg.depths)
+
+
+def check_axis(cfg: DictConfig) -> str:
+    axis = cfg.get("axis", "width")
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {', '.join(AXES)}, got {axis!r}")
+    return axis
+
+
 def check_coord_check(cfg: Any) -> None:
-    """Refuse a coordinate-check config that cannot run (bad width, step count or parametrization option),
-    without loading the corpus."""
+    """Refuse a coordinate-check config that cannot run (bad axis, width, depth, step count or parametrization
+    option), without loading the corpus."""
     cfg = _as_config(cfg)
+    if check_axis(cfg) == "depth":
+        plan_depth_traces(OmegaConf.to_container(cfg.depth_parametrizations, resolve=True),
+                          OmegaConf.to_container(cfg.model, resolve=True), depth_list(cfg), int(cfg.steps),
+                          vocab_size=1, optim_name=cfg.optim.name)
+        return
     plan_traces(OmegaConf.to_container(cfg.parametrizations, resolve=True),
                 OmegaConf.to_container(cfg.model, resolve=True), list(cfg.widths), int(cfg.steps), vocab_size=1)
 
@@ -221,14 +367,40 @@ def run_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Map
     return rows
 
 
+def run_depth_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Mapping[str, Any],
+                     optim_cfg: Any, depths: Sequence[int], seeds: Sequence[int], steps: int, tokens: np.ndarray,
+                     vocab_size: int, batch_size: int, data_seed: int, device: str = "cpu") -> list[dict]:
+    """The depth sweep, as CSV rows (dicts with DEPTH_CSV_COLUMNS): one per parametrization, depth, step, module
+    kind (aggregate_by_kind) and seed, with the activation's mean |x| and its update's mean |x_t - x_0|."""
+    configs, plans = plan_depth_traces(parametrizations, model_cfg, depths, steps, vocab_size,
+                                       optim_name=optim_cfg.name)
+    block_size = configs[0].block_size
+    probe_x, _ = sample_batches(tokens, 1, batch_size, block_size, seed=data_seed)[0]
+    train_batches = sample_batches(tokens, max(steps - 1, 0), batch_size, block_size, seed=data_seed + 1)
+    rows = []
+    for label, options in plans.items():
+        for config in configs:
+            for seed in seeds:
+                start = time.perf_counter()
+                trace = trace_updates(options, config, optim_cfg, train_batches, probe_x, steps, int(seed), device)
+                log.info("%s depth=%d seed=%d: %.1fs", label, config.n_layer, seed, time.perf_counter() - start)
+                for step, values in enumerate(trace):
+                    l1, update = aggregate_by_kind(values["l1"]), aggregate_by_kind(values["update_l1"])
+                    for module in l1:
+                        rows.append({"parametrization": label, "depth": config.n_layer, "step": step,
+                                     "module": module, "seed": int(seed), "l1": l1[module],
+                                     "update_l1": update[module]})
+    return rows
+
+
 # ----------------------------------------------------------------------------------------- slopes
-def compute_slopes(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
-    """Least-squares slope of log2(l1) against log2(width) per (parametrization, step, module, seed),
-    averaged over seeds (seed_sd: their standard deviation). Slope 0 = flat in width; 0.5 = grows as
-    sqrt(width); 1 = linearly. A non-positive or non-finite l1 gives a NaN slope."""
+def compute_slopes(rows: Iterable[Mapping[str, Any]], x: str = "width", y: str = "l1") -> list[dict]:
+    """Least-squares slope of log2(y) against log2(x) per (parametrization, step, module, seed), averaged over
+    seeds (seed_sd: their standard deviation); by default l1 against width. Slope 0 = flat in width; 0.5 =
+    grows as sqrt(width); 1 = linearly. A non-positive or non-finite value gives a NaN slope."""
     curves: dict[tuple, dict[int, float]] = defaultdict(dict)
     for r in rows:
-        curves[(r["parametrization"], int(r["step"]), r["module"], int(r["seed"]))][int(r["width"])] = float(r["l1"])
+        curves[(r["parametrization"], int(r["step"]), r["module"], int(r["seed"]))][int(r[x])] = float(r[y])
     per_seed: dict[tuple, list[float]] = defaultdict(list)
     for (param, step, module, _seed), curve in curves.items():
         w = np.array(sorted(curve), dtype=np.float64)
@@ -286,6 +458,46 @@ def format_slope_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join([fmt(lines[0]), "  ".join("-" * w for w in widths), *map(fmt, lines[1:])])
 
 
+def compute_depth_slopes(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
+    """Slopes of log2(size) against log2(depth), for both quantities (DEPTH_SLOPE_COLUMNS): 0 = flat in depth,
+    -1 = shrinks as 1/L, 1 = grows as L. Update sizes are 0 at step 0 by definition: no slope there."""
+    rows = list(rows)
+    out = []
+    for quantity in QUANTITIES:
+        for s in compute_slopes(rows, x="depth", y=quantity):
+            if quantity == "l1" or s["step"] > 0:
+                out.append({**s, "quantity": quantity})
+    return out
+
+
+def depth_table_steps(steps: Iterable[int]) -> list[tuple[str, int]]:
+    """The (quantity, step) rows the depth table shows: sizes at init and at the last step, update sizes after
+    the first update (before Adam's moments have history) and at the last step."""
+    last = max(steps)
+    return list(dict.fromkeys([("l1", 0), ("l1", last), ("update_l1", min(1, last)), ("update_l1", last)]))
+
+
+def format_depth_slope_table(slopes: Iterable[Mapping[str, Any]]) -> str:
+    """A text table of compute_depth_slopes(): per parametrization and (quantity, step), the slope against
+    log2 depth of each module kind, mean ± sd over seeds."""
+    slopes = list(slopes)
+    found = {(s["parametrization"], s["quantity"], int(s["step"]), s["module"]): s for s in slopes}
+    params = list(dict.fromkeys(s["parametrization"] for s in slopes))
+    kinds = [k for k in DEPTH_KINDS if any(s["module"] == k for s in slopes)]
+    shown = [(q, t) for q, t in depth_table_steps(int(s["step"]) for s in slopes) if q == "l1" or t > 0]
+    lines = [("parametrization", "quantity", "step", *kinds)]
+    for param in params:
+        for quantity, step in shown:
+            cells = []
+            for kind in kinds:
+                s = found.get((param, quantity, step, kind))
+                cells.append(f"{s['slope']:+.2f} ± {s['seed_sd']:.2f}" if s else "")
+            lines.append((param, QUANTITIES[quantity], str(step), *cells))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    fmt = lambda line: "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(lines[0]), "  ".join("-" * w for w in widths), *map(fmt, lines[1:])])
+
+
 # ---------------------------------------------------------------------------------------- outputs
 def write_csv(rows: Iterable[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,9 +509,21 @@ def write_csv(rows: Iterable[Mapping[str, Any]], path: Path, columns: Sequence[s
 
 
 def read_csv(path: Path) -> list[dict]:
+    """Rows of coord_check.csv or coord_check_depth.csv, numbers as numbers."""
+    types = {"width": int, "depth": int, "step": int, "seed": int, "l1": float, "update_l1": float}
     with open(path, newline="") as f:
-        return [{**r, "width": int(r["width"]), "step": int(r["step"]), "seed": int(r["seed"]), "l1": float(r["l1"])}
-                for r in csv.DictReader(f)]
+        return [{k: types[k](v) if k in types else v for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _log_log_panel(ax: Any, xs: Sequence[int], note: str) -> None:
+    """log2 x (ticks at the swept values), log y, a grid, and `note` (the slopes) in the top left corner."""
+    ax.text(0.03, 0.97, note, transform=ax.transAxes, va="top", fontsize=8,
+            bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.85))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([str(x) for x in xs], fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def plot_coord_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str = "") -> None:
@@ -340,14 +564,7 @@ def plot_coord_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
                     ys = [mean.get((param, module, t, w), math.nan) for w in widths]
                     ax.plot(widths, ys, styles[b % len(styles)], marker="o", ms=3, lw=1.5, color=colours[t])
             last = [slopes.get((param, m, steps[-1]), math.nan) for m in members]
-            ax.text(0.03, 0.97, f"slope, step {steps[-1]}: " + ", ".join(f"{s:+.2f}" for s in last),
-                    transform=ax.transAxes, va="top", fontsize=8,
-                    bbox=dict(boxstyle="round", fc="white", ec="0.8", alpha=0.85))
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_xticks(widths)
-            ax.set_xticklabels([str(w) for w in widths], fontsize=8)
-            ax.grid(True, which="both", alpha=0.3)
+            _log_log_panel(ax, widths, f"slope, step {steps[-1]}: " + ", ".join(f"{s:+.2f}" for s in last))
             if i == 0:
                 ax.set_title(KIND_TITLES.get(kind, kind), fontsize=11)
             if i == len(params) - 1:
@@ -368,23 +585,93 @@ def plot_coord_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------ entry point
-def run_coord_check(cfg: Any, output_dir: str | Path | None = None, tokens: np.ndarray | None = None) -> dict:
-    """Run the sweep described by cfg (shaped like conf/coord_check.yaml) and write its three files.
+def plot_depth_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str = "") -> None:
+    """Grid for the depth axis: one row per (quantity, parametrization), sizes above update sizes, one column per
+    module kind; x = depth (log2), y = log. Colour = training step (mean over seeds). Rows of one quantity share
+    each column's y range, so the parametrizations compare at a glance; the last step's slope is printed."""
+    import matplotlib
 
-    Returns {"rows", "slopes", "summary", "table", "output_dir", "seconds"}. `tokens` skips loading the
-    corpus (tests pass a cached stream)."""
-    cfg = _as_config(cfg)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    rows = list(rows)
+    params = list(dict.fromkeys(r["parametrization"] for r in rows))
+    steps = sorted({int(r["step"]) for r in rows})
+    depths = sorted({int(r["depth"]) for r in rows})
+    kinds = [k for k in DEPTH_KINDS if any(r["module"] == k for r in rows)]
+    cmap = plt.get_cmap("viridis")
+    colours = {t: cmap(0.9 * i / max(1, len(steps) - 1)) for i, t in enumerate(steps)}
+    values: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        for quantity in QUANTITIES:
+            values[(quantity, r["parametrization"], r["module"], int(r["step"]), int(r["depth"]))].append(
+                float(r[quantity]))
+    mean = {k: float(np.mean(v)) for k, v in values.items()}
+    slopes = {(s["quantity"], s["parametrization"], s["module"], s["step"]): s["slope"]
+              for s in compute_depth_slopes(rows)}
+
+    quantities = [q for q in QUANTITIES if q == "l1" or steps[-1] > 0]  # steps=1: no update to show
+    panels = [(q, p) for q in quantities for p in params]
+    fig, axes = plt.subplots(len(panels), len(kinds), figsize=(3.4 * len(kinds), 2.9 * len(panels) + 0.9),
+                             sharex=True, squeeze=False)
+    for i, (quantity, param) in enumerate(panels):
+        shown = [t for t in steps if quantity == "l1" or t > 0]  # no update before the first step
+        for j, kind in enumerate(kinds):
+            ax = axes[i][j]
+            for t in shown:
+                ax.plot(depths, [mean.get((quantity, param, kind, t, d), math.nan) for d in depths], "-",
+                        marker="o", ms=3, lw=1.5, color=colours[t])
+            _log_log_panel(ax, depths, f"slope, step {steps[-1]}: "
+                                       f"{slopes.get((quantity, param, kind, steps[-1]), math.nan):+.2f}")
+            if i == 0:
+                ax.set_title(DEPTH_KIND_TITLES.get(kind, kind), fontsize=11)
+            if i == len(panels) - 1:
+                ax.set_xlabel("depth (n_layer)")
+            if j == 0:
+                ax.set_ylabel(f"{DEPTH_PARAM_TITLES.get(param, param)}\n{QUANTITIES[quantity]}", fontsize=10)
+    for quantity in quantities:  # one y range per (quantity, column)
+        for j in range(len(kinds)):
+            group = [axes[i][j] for i, (q, _) in enumerate(panels) if q == quantity]
+            lows, highs = zip(*(ax.get_ylim() for ax in group))
+            for ax in group:
+                ax.set_ylim(min(lows), max(highs))
+
+    handles = [Line2D([], [], color=colours[t], marker="o", ms=3, label=f"step {t}") for t in steps]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
+               bbox_to_anchor=(0.5, 0.0), fontsize=9)
+    fig.suptitle(title or "Depth coordinate check: size and update size vs depth after t training steps",
+                 fontsize=13)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ entry point
+def _prepare(cfg: DictConfig, output_dir: str | Path | None,
+             tokens: np.ndarray | None) -> tuple[Path, int, np.ndarray]:
+    """The output folder (created), torch's thread count, the tokenizer's vocabulary size and the token stream."""
     out = Path(output_dir or cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     threads = cfg.get("num_threads") or os.cpu_count() or 1
     torch.set_num_threads(int(threads))
-    start = time.perf_counter()
     from mugpt.data import get_tokenizer  # noqa: PLC0415 (Lightning import, only when run)
 
     vocab_size = get_tokenizer(cfg.data.tokenizer).vocab_size
-    if tokens is None:
-        tokens = load_tokens(cfg.data.tokenizer)
+    return out, vocab_size, load_tokens(cfg.data.tokenizer) if tokens is None else tokens
+
+
+def run_coord_check(cfg: Any, output_dir: str | Path | None = None, tokens: np.ndarray | None = None) -> dict:
+    """Run the sweep described by cfg (shaped like conf/coord_check.yaml) and write its three files.
+
+    Returns {"rows", "slopes", "summary", "table", "output_dir", "files", "seconds"}. `tokens` skips loading the
+    corpus (tests pass a cached stream). axis=depth: see run_depth_check (its summary is None)."""
+    cfg = _as_config(cfg)
+    if check_axis(cfg) == "depth":
+        return run_depth_check(cfg, output_dir, tokens)
+    start = time.perf_counter()
+    out, vocab_size, tokens = _prepare(cfg, output_dir, tokens)
     params = OmegaConf.to_container(cfg.parametrizations, resolve=True)
     title = (f"Coordinate check: {cfg.model.n_layer}-layer GPT, {cfg.model.n_head} heads, "
              f"{OPTIMIZER_NAMES.get(cfg.optim.name, cfg.optim.name)} lr={cfg.optim.lr:g}, "
@@ -400,4 +687,29 @@ def run_coord_check(cfg: Any, output_dir: str | Path | None = None, tokens: np.n
     plot_coord_check(rows, out / "coord_check.png", title=title)
     seconds = time.perf_counter() - start
     return {"rows": rows, "slopes": slopes, "summary": summary, "table": format_slope_table(summary),
-            "output_dir": out, "seconds": seconds}
+            "output_dir": out, "files": [out / "coord_check.csv", out / "coord_check_slopes.csv",
+                                         out / "coord_check.png"], "seconds": seconds}
+
+
+def run_depth_check(cfg: Any, output_dir: str | Path | None = None, tokens: np.ndarray | None = None) -> dict:
+    """axis=depth: the sweep over `depths` at width model.width, comparing `depth_parametrizations`; writes
+    coord_check_depth.csv, coord_check_depth_slopes.csv and coord_check_depth.png. Returns what
+    run_coord_check returns, the table being format_depth_slope_table's."""
+    cfg = _as_config(cfg)
+    start = time.perf_counter()
+    out, vocab_size, tokens = _prepare(cfg, output_dir, tokens)
+    title = (f"Depth coordinate check: GPT of width {cfg.model.width}, {cfg.model.n_head} heads, "
+             f"{OPTIMIZER_NAMES.get(cfg.optim.name, cfg.optim.name)} lr={cfg.optim.lr:g}, "
+             f"batch {cfg.data.batch_size}x{cfg.model.block_size}, {len(cfg.seeds)} seed(s)")
+    rows = run_depth_traces(OmegaConf.to_container(cfg.depth_parametrizations, resolve=True),
+                            OmegaConf.to_container(cfg.model, resolve=True), cfg.optim, depth_list(cfg),
+                            list(cfg.seeds), int(cfg.steps), tokens, vocab_size, int(cfg.data.batch_size),
+                            int(cfg.data.seed), device=str(cfg.get("device", "cpu")))
+    slopes = compute_depth_slopes(rows)
+    files = [out / "coord_check_depth.csv", out / "coord_check_depth_slopes.csv", out / "coord_check_depth.png"]
+    write_csv(rows, files[0], DEPTH_CSV_COLUMNS)
+    write_csv(slopes, files[1], DEPTH_SLOPE_COLUMNS)
+    plot_depth_check(rows, files[2], title=title)
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "slopes": slopes, "summary": None, "table": format_depth_slope_table(slopes),
+            "output_dir": out, "files": files, "seconds": seconds}

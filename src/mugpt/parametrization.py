@@ -73,6 +73,11 @@ class StandardParametrization:
         return dict(options)
 
     @staticmethod
+    def options_for_depths(options: dict, depths: list[int]) -> dict:
+        """The options for a run over several depths: SP has none that depend on depth."""
+        return dict(options)
+
+    @staticmethod
     def check_family(family: str) -> None:
         """Every optimizer family runs under SP (one learning rate for all)."""
 
