@@ -419,3 +419,32 @@ def optimizer_state_bytes(optimizer: Optimizer) -> dict[str, float]:
     params = {id(p): p.numel() for g in optimizer.param_groups for p in g["params"]}
     n = sum(params.values())
     return {"bytes": total, "params": n, "bytes_per_param": total / n if n else 0.0}
+
+
+# ------------------------------------------------------------------------------------ Adam's ε at work
+@torch.no_grad()
+def eps_share(optimizer: Optimizer) -> list[dict[str, Any]]:
+    """For each Adam-like group: how much of Adam's denominator sqrt(v̂) + ε is ε. A share near 0 means ε is
+    irrelevant to the step; near 1, the step is damped towards SGD's. Per group: its name, ε, the median of
+    sqrt(v̂) over its entries and the fraction of entries whose ε share exceeds 10% (their step is damped by more
+    than 10%). v̂ is the bias-corrected second moment; groups without `exp_avg_sq` state (SGD, Muon) are skipped."""
+    rows = []
+    for group in optimizer.param_groups:
+        if "eps" not in group or "betas" not in group:
+            continue
+        roots = []
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "exp_avg_sq" not in state:
+                continue
+            step = float(state["step"])
+            v_hat = state["exp_avg_sq"].float() / (1 - group["betas"][1] ** step)
+            roots.append(v_hat.sqrt().flatten()[v_hat.flatten() > 0])  # never-updated entries (unseen tokens) aside
+        if not roots:
+            continue
+        root = torch.cat(roots)
+        eps = group["eps"]
+        rows.append({"group": group.get("name", "?"), "kind": group.get("kind", "?"), "eps": eps,
+                     "median_sqrt_v": root.median().item(),
+                     "damped_fraction": (eps / (root + eps) > 0.1).float().mean().item()})
+    return rows
