@@ -95,7 +95,7 @@ def test_unknown_optimizer_is_rejected():
 # Every option, with its conf/optim/<name>.yaml, on a tiny GPT: it learns, it follows µP's per-group rules
 # at 4x the base width, its state has the size it should, and what it cannot do is refused in one line.
 CONF = Path(__file__).resolve().parents[1] / "conf" / "optim"
-ZOO = ["adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon"]
+ZOO = ["adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon", "adam_atan2"]
 HIDDEN = ("qkv.weight", "attn.proj.weight", "fc.weight", "mlp.proj.weight")
 HAS_8BIT = _adam8bit_backend(torch.cuda.is_available()) is not None
 needs_8bit = run_if(adam8bit=True)
@@ -131,7 +131,7 @@ def test_the_zoo_is_complete():
 # adamw 4.07, adam 3.07 (coupled L2 holds it back), sgd 5.45, adagrad 3.78, rmsprop 3.86, adafactor 3.27,
 # muon 4.04. The margins sit about 0.5 below; adam8bit (torchao on the CPU) is held to AdamW's.
 LEARN_MARGIN = {"adamw": 3.5, "adam": 2.5, "sgd": 4.5, "adagrad": 3.0, "rmsprop": 3.0, "adafactor": 2.5, "muon": 3.5,
-                "adam8bit": 3.5}
+                "adam8bit": 3.5, "adam_atan2": 3.5}
 
 
 @pytest.mark.parametrize("name", zoo)
@@ -202,6 +202,7 @@ def first_step(model, opt):
 
 
 @pytest.mark.parametrize("name, gain", [("adamw", 1.0), ("adam", 1.0), ("adagrad", 1.0), ("rmsprop", 10.0),
+                                        ("adam_atan2", 1.27 * math.pi / 4),
                                         ("adafactor", 1.0)])
 def test_mup_effective_first_step_is_lr_times_rule(name, gain):
     """The step an optimizer really takes, not just the lr it was given: Adam-like first steps are
@@ -379,7 +380,7 @@ def test_optimizer_state_bytes_per_parameter(name):
     hidden = sum(q.numel() for k, q in model.named_parameters() if k.endswith(HIDDEN))
     factored = sum(4 * (q.shape[0] + q.shape[1]) if q.dim() == 2 else 4 * q.numel() for q in params)
     expected = {
-        "adamw": 8 * n, "adam": 8 * n,             # exp_avg + exp_avg_sq
+        "adamw": 8 * n, "adam": 8 * n, "adam_atan2": 8 * n,  # exp_avg + exp_avg_sq
         "sgd": 4 * n, "adagrad": 4 * n, "rmsprop": 4 * n,  # one buffer (momentum / sum / square_avg)
         "adafactor": factored,                      # a row and a column vector per matrix, full for vectors
         "muon": 4 * hidden + 8 * (n - hidden),      # Muon's momentum on hidden matrices, AdamW's two on the rest
@@ -460,3 +461,12 @@ def test_bad_transfer_options_are_refused(kw, match):
 def test_weight_decay_timescale_needs_decoupled_decay():
     with pytest.raises(ValueError, match="optim.weight_decay_timescale: optim=adam has no single decoupled decay"):
         check_optimizer(optim_cfg("adam", weight_decay_timescale=0.5))
+
+
+def test_adam_atan2_without_its_package_fails_in_one_line(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "adam_atan2_pytorch" else real(n, *a))
+    with pytest.raises(ImportError, match="optim.name=adam_atan2: needs the adam-atan2-pytorch package"):
+        check_optimizer(optim_cfg("adam_atan2"))

@@ -198,7 +198,7 @@ def test_every_optimizer_declares_a_family_with_a_mup_rule():
 
     assert {name: spec.mup_family for name, spec in OPTIMIZERS.items()} == {
         "adamw": "adam", "adam": "adam", "sgd": "sgd", "adagrad": "adam", "rmsprop": "adam", "adafactor": "adam",
-        "adam8bit": "adam", "muon": "muon"}
+        "adam8bit": "adam", "muon": "muon", "adam_atan2": "adam"}
     assert set(MUP_FAMILIES) == {spec.mup_family for spec in OPTIMIZERS.values()}
 
 

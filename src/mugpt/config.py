@@ -109,9 +109,17 @@ class MuonConfig(AdamWConfig):
     adjust_lr_fn: str = "original"  # original | spectral_unclamped | match_rms_adamw (SP only)
 
 
+@dataclass
+class AdamAtan2Config(OptimConfig):
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    a: float = 1.27  # the step is a·atan2(m̂, b·sqrt(v̂)): a sets its size (a·π/4 ≈ 1 where |m̂| = sqrt(v̂))
+    b: float = 1.0  # and b how early atan2 saturates; there is no ε
+
+
 OPTIM_SCHEMAS: dict[str, type[OptimConfig]] = {
     "adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig,
     "rmsprop": RMSpropConfig, "adafactor": AdafactorConfig, "adam8bit": Adam8bitConfig, "muon": MuonConfig,
+    "adam_atan2": AdamAtan2Config,
 }
 
 

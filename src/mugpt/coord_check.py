@@ -93,7 +93,8 @@ def load_tokens(tokenizer: str = "byte") -> np.ndarray:
 
 
 OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD", "adagrad": "AdaGrad", "rmsprop": "RMSProp",
-                   "adafactor": "Adafactor", "adam8bit": "8-bit AdamW", "muon": "Muon (+AdamW)"}
+                   "adafactor": "Adafactor", "adam8bit": "8-bit AdamW", "muon": "Muon (+AdamW)",
+                   "adam_atan2": "Adam-atan2"}
 
 
 def sample_batches(tokens: np.ndarray, count: int, batch_size: int, block_size: int,

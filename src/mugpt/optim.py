@@ -12,6 +12,7 @@ vector, readout) and `parametrization`, never parameter names or mup's `p.infsha
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 from collections.abc import Callable
@@ -41,7 +42,8 @@ def check_schedule(cfg: Any, max_steps: int) -> None:
 
 
 BATCH_LR_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # the exponent p of lr ∝ batch^p
-DECOUPLED_DECAY = ("adamw", "adam8bit", "adafactor")  # w ← w - lr·wd·w: the decay whose time scale is 1/(lr·wd)
+# w ← w - lr·wd·w: the decay whose time scale is 1/(lr·wd)
+DECOUPLED_DECAY = ("adamw", "adam8bit", "adafactor", "adam_atan2")
 
 
 def check_transfer_rules(cfg: Any) -> None:
@@ -235,6 +237,17 @@ def _adafactor(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                                  foreach=True)
 
 
+@optimizer("adam_atan2", mup_family="adam")
+def _adam_atan2(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
+    # Adam with atan2(m̂, b·sqrt(v̂)) in place of m̂ / (sqrt(v̂) + ε) (Everett et al. 2024, "Scaling exponents
+    # across parameterizations and optimizers"): the step is bounded, invariant to the gradient's scale, and has
+    # no ε, so nothing needs scaling as µP's gradients shrink with width and depth; µP's Adam rule applies as is.
+    # Decay is decoupled (w ← w - lr·wd·w), as AdamW's.
+    from adam_atan2_pytorch import AdamAtan2
+
+    return AdamAtan2(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, a=cfg.a, b=cfg.b)
+
+
 def _adam8bit_backend(on_cuda: bool) -> tuple[str, type] | None:
     """AdamW with 8-bit state: on CUDA bitsandbytes first, then torchao (which also runs on the CPU); None when
     neither is importable here."""
@@ -368,6 +381,8 @@ def check_optimizer(cfg: Any, on_cuda: bool = False) -> None:
     check_transfer_rules(cfg)
     if cfg.name == "adam8bit":
         _check_adam8bit(on_cuda)
+    if cfg.name == "adam_atan2" and importlib.util.find_spec("adam_atan2_pytorch") is None:
+        raise ImportError("optim.name=adam_atan2: needs the adam-atan2-pytorch package (pip install 'mugpt[atan2]')")
     if cfg.name == "muon" and not hasattr(torch.optim, "Muon"):
         raise ImportError(f"optim.name=muon: needs torch>=2.9 (torch.optim.Muon); this is torch {torch.__version__}")
     if cfg.name == "adafactor" and not hasattr(torch.optim, "Adafactor"):
