@@ -4,14 +4,28 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, compose_config
-from mugpt.mutransfer import analyse, best_log2_lr, chosen_settings, grid, report, run_pipeline
+from conftest import CONF_DIR, compose_config, load_script
+from mugpt.mutransfer import (
+    analyse,
+    best_log2_lr,
+    chosen_settings,
+    format_pipeline,
+    format_report,
+    grid,
+    mean_ci,
+    report,
+    run_pipeline,
+    t_quantile,
+)
 from mugpt.training import check_config, train
+
+T_975_2 = 4.302652729911275  # Student t, two-sided 95%, 2 degrees of freedom (3 seeds)
 
 
 def rows_from(curves: dict) -> list[dict]:
@@ -76,7 +90,7 @@ def test_pipeline_transfers_the_donors_best_and_skips_diverged_donors(tmp_path):
     assert result["parametrizations"]["mup"]["donor_best"] == ["lr_log2=-7"]
     assert result["parametrizations"]["sp"]["target_loss"] == pytest.approx(0.1)
     assert json.loads((tmp_path / "transfer.json").read_text())["target_width"] == 128
-    with pytest.raises(ValueError, match="donor_width=128 must be narrower"):
+    with pytest.raises(ValueError, match="the target is the donor on every axis"):
         run_pipeline(OmegaConf.merge(cfg, {"donor_width": 128}), fake_run)
 
     # µP's own options are searched for µP alone: 3 lrs × 2 output multipliers for µP, 3 lrs for SP
@@ -192,3 +206,287 @@ def test_pipeline_refuses_a_target_that_cannot_run_before_any_donor_trains(tmp_p
     with pytest.raises(ValueError, match="model.width=2050 is not divisible by model.n_head=8"):
         run_pipeline(cfg, lambda overrides, out: trained.append(overrides), check=check)
     assert trained == [] and len(checked) == 3  # SP's two donors passed, its target was refused
+
+
+# ------------------------------------------------------------------ error bars over seeds, any axis
+def seed_rows(curves: dict, axis: str = "width", extra: dict | None = None) -> list[dict]:
+    """Rows of known per-seed curves: {(parametrization, axis value, seed): {log2 lr: loss}}."""
+    return [{"parametrization": p, "width": v if axis == "width" else 64, axis: v, "lr": 2.0 ** e, "seed": seed,
+             "val_loss": loss, "status": "completed" if math.isfinite(loss) else "diverged", "output_dir": "",
+             **(extra or {})}
+            for (p, v, seed), curve in curves.items() for e, loss in curve.items()]
+
+
+def test_t_quantiles_and_intervals_over_seeds():
+    assert t_quantile(0.95, 2) == pytest.approx(T_975_2, abs=1e-9)
+    assert [round(t_quantile(0.95, d), 3) for d in (1, 3, 4, 9, 30)] == [12.706, 3.182, 2.776, 2.262, 2.042]
+    stats = mean_ci([-7.0, -7.5, -6.5])
+    assert (stats["mean"], stats["sd"], stats["n"]) == (pytest.approx(-7.0), pytest.approx(0.5), 3)
+    assert stats["half_width"] == pytest.approx(T_975_2 * 0.5 / math.sqrt(3))
+    one = mean_ci([-7.0])  # one seed: a mean, no interval
+    assert one["mean"] == -7.0 and one["n"] == 1 and math.isnan(one["half_width"]) and math.isnan(one["sd"])
+    diverged = mean_ci([0.1, math.inf, 0.2])  # a diverged seed is not dropped: infinite mean, no interval
+    assert diverged["mean"] == math.inf and math.isnan(diverged["half_width"])
+    assert mean_ci([math.nan, 1.0])["n"] == 1  # a missing seed is left out
+
+
+def test_per_seed_best_lr_shift_and_regret_with_confidence_intervals():
+    """Three seeds whose parabola vertices are known: donor (width 64) at -7, -7.5, -6.5; target (width 256) at
+    -8, -8.5, -7.3, each seed with its own offset. Every number is checked against its definition."""
+    grid_e = range(-11, -3)
+    donor_min, target_min, offset = [-7.0, -7.5, -6.5], [-8.0, -8.5, -7.3], [2.0, 2.1, 2.3]
+
+    def loss(m, c, e):
+        return (e - m) ** 2 / 10 + c
+
+    curves = {}
+    for seed in range(3):
+        curves[("mup", 64, seed)] = {e: loss(donor_min[seed], offset[seed], e) for e in grid_e}
+        curves[("mup", 256, seed)] = {e: loss(target_min[seed], offset[seed] - 0.3, e) for e in grid_e}
+    a = analyse(seed_rows(curves))["mup"]
+    ci = a["best_log2_lr_seeds"][64]
+    assert [ci["seeds"][s] for s in range(3)] == pytest.approx(donor_min)  # each seed's own parabola vertex
+    assert ci["mean"] == pytest.approx(-7.0) and ci["n"] == 3
+    assert ci["half_width"] == pytest.approx(T_975_2 * 0.5 / math.sqrt(3))
+    # the shift is paired by seed: -1, -1, -0.8
+    shifts = [t - d for t, d in zip(target_min, donor_min)]
+    shift = a["shift_from_donor"][256]
+    assert shift["mean"] == pytest.approx(np.mean(shifts))
+    assert shift["half_width"] == pytest.approx(T_975_2 * np.std(shifts, ddof=1) / math.sqrt(3))
+    # the donor's lr comes from its seed-mean curve (vertex -7: grid -7); the regret per seed is the target seed's
+    # loss there minus its own grid minimum, and minus the seed-mean curve's minimum
+    assert a["donor_lr"] == 2.0 ** -7
+    own = [loss(m, c - 0.3, -7) - min(loss(m, c - 0.3, e) for e in grid_e) for m, c in zip(target_min, offset)]
+    mean_curve = {e: np.mean([loss(m, c - 0.3, e) for m, c in zip(target_min, offset)]) for e in grid_e}
+    at_donor = [loss(m, c - 0.3, -7) for m, c in zip(target_min, offset)]
+    assert own == pytest.approx([0.1, 0.2, 0.0])
+    assert a["regret_seeds"]["mean"] == pytest.approx(np.mean(own))
+    assert a["regret_seeds"]["half_width"] == pytest.approx(T_975_2 * np.std(own, ddof=1) / math.sqrt(3))
+    vs_mean = [x - min(mean_curve.values()) for x in at_donor]
+    assert a["regret_seeds_vs_mean_best"]["mean"] == pytest.approx(np.mean(vs_mean))
+    assert a["regret_seeds_vs_mean_best"]["sd"] == pytest.approx(np.std(vs_mean, ddof=1))
+    # the mean-curve numbers are kept as they were
+    assert a["regret"] == pytest.approx(mean_curve[-7] - min(mean_curve.values()))
+    assert a["regret"] == pytest.approx(a["regret_seeds_vs_mean_best"]["mean"])
+    assert a["best_lr"][256] == 2.0 ** -8 and a["donor_width"] == 64 and a["target_width"] == 256
+    # the best loss per width: the seed-mean curve's minimum, with the seeds' spread at that lr
+    spread = a["best_loss_seeds"][256]
+    assert spread["mean"] == pytest.approx(a["best_loss"][256])
+    assert spread["sd"] == pytest.approx(np.std([loss(m, c - 0.3, -8) for m, c in zip(target_min, offset)], ddof=1))
+    text = format_report(analyse(seed_rows(curves)))
+    assert f"log2 lr -7.00 ± {T_975_2 * 0.5 / math.sqrt(3):.2f} (95% CI, 3 seeds)" in text
+    assert "shift from 64 -0.93 ± " in text and "regret 0.1000 ± " in text
+
+
+def test_one_seed_has_no_interval_and_groups_split_the_series():
+    curves = {("mup", 2, 0): {-8: 2.6, -7: 2.5, -6: 2.6}, ("mup", 8, 0): {-8: 2.4, -7: 2.3, -6: 2.5}}
+    rows = seed_rows(curves, "model.n_layer", {"parametrization.depth_alpha": 1.0})
+    rows += seed_rows({("mup", 2, 0): {-8: 2.6, -7: 2.5, -6: 2.6}, ("mup", 8, 0): {-8: 2.2, -7: 2.4, -6: 2.9}},
+                      "model.n_layer", {"parametrization.depth_alpha": 0.0})
+    rows += seed_rows({("sp", 2, 0): {-8: 2.6, -7: 2.5, -6: 2.6}, ("sp", 8, 0): {-8: 2.6, -7: 2.5, -6: 2.6}},
+                      "model.n_layer", {"parametrization.depth_alpha": None})  # SP's config has no depth_alpha
+    a = analyse(rows, "model.n_layer", ["parametrization.depth_alpha"])
+    assert list(a) == ["mup depth_alpha=0.0", "mup depth_alpha=1.0", "sp"]
+    assert a["mup depth_alpha=1.0"]["values"] == [2, 8] and "widths" not in a["mup depth_alpha=1.0"]
+    assert a["mup depth_alpha=1.0"]["regret"] == pytest.approx(0.0)
+    assert a["mup depth_alpha=0.0"]["regret"] == pytest.approx(0.2)
+    assert a["mup depth_alpha=0.0"]["group"] == {"parametrization.depth_alpha": 0.0}
+    text = format_report(a)
+    assert "model.n_layer     8: lr 0.00391  log2 -8.00" in text and "log2 lr -7.00 (1 seed)" in text
+    assert "± 0" not in text  # one seed: no interval anywhere
+
+
+def write_run(folder, summary: dict, config: dict | None, hydra_only: bool = False) -> None:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(summary))
+    if config is not None:
+        target = folder / ".hydra" / "config.yaml" if hydra_only else folder / "config.yaml"
+        target.parent.mkdir(exist_ok=True)
+        OmegaConf.save(OmegaConf.create(config), target)
+
+
+def test_report_reads_axis_and_groups_from_config_yaml_across_several_sweeps(tmp_path, capsys):
+    """Two multiruns (depth 2 and depth 8, two seeds, two depth_alpha under µP, SP beside them) read as one
+    sweep along model.n_layer: the CSV keeps one row per run with the axis and group columns, the figures exist."""
+    def vertex(param, depth, alpha):  # CompleteP (α=1) keeps the best lr; α=0 and SP move it down with depth
+        return -7.0 if depth == 2 or (param == "mup" and alpha == 1.0) else -8.0
+
+    n = 0
+    for depth in (2, 8):
+        for param, alpha in (("mup", 0.0), ("mup", 1.0), ("sp", None)):
+            for seed in (0, 1):
+                for e in (-9, -8, -7, -6):
+                    loss = (e - vertex(param, depth, alpha)) ** 2 / 10 + 2.0 + 0.01 * seed
+                    config = {"model": {"n_layer": depth, "width": 64}, "seed": seed,
+                              "parametrization": {"name": param, **({"depth_alpha": alpha} if param == "mup" else {})}}
+                    write_run(tmp_path / f"depth{depth}" / str(n), {"parametrization": param, "width": 64,
+                              "lr": 2.0 ** e, "seed": seed, "val_loss": loss, "status": "completed"}, config)
+                    n += 1
+    # a run refused before training: no config.yaml, Hydra's .hydra/config.yaml still places it on the axis
+    write_run(tmp_path / "depth8" / "refused", {"parametrization": "sp", "width": 64, "lr": 2.0 ** -5, "seed": 0,
+                                                "val_loss": None, "status": "failed"},
+              {"model": {"n_layer": 8}, "parametrization": {"name": "sp"}}, hydra_only=True)
+    script = load_script("mutransfer_report")
+    out = tmp_path / "report"
+    assert script.main([str(tmp_path / "depth2"), str(tmp_path / "depth8"), "--out", str(out),
+                        "--axis", "model.n_layer", "--group", "parametrization.depth_alpha"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{n + 1} runs: {n} completed, 1 failed" in printed
+    assert "mup depth_alpha=1.0: best learning rate per model.n_layer" in printed
+    assert "transfer: donor model.n_layer 2 best lr 0.00781 -> target model.n_layer 8" in printed
+    analysis = json.loads((out / "mutransfer.json").read_text())
+    assert set(analysis) == {"mup depth_alpha=0.0", "mup depth_alpha=1.0", "sp"}
+    assert analysis["mup depth_alpha=1.0"]["regret"] == pytest.approx(0.0)
+    assert analysis["sp"]["regret"] == pytest.approx(0.1)
+    assert analysis["sp"]["best_log2_lr_seeds"]["8"]["half_width"] == pytest.approx(0.0)  # both seeds agree
+    with open(out / "mutransfer.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n + 1
+    assert list(rows[0]) == ["parametrization", "width", "lr", "seed", "model.n_layer", "parametrization.depth_alpha",
+                             "val_loss", "status", "output_dir"]
+    assert {r["model.n_layer"] for r in rows} == {"2", "8"}
+    for png in ("mutransfer.png", "mutransfer_transfer.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    # refusals, one line each: several folders and nowhere to write; an axis a completed run does not have
+    assert script.main([str(tmp_path / "depth2"), str(tmp_path / "depth8")]) == 2
+    assert "2 sweep directories: say where the report goes (--out DIR)" in capsys.readouterr().err
+    assert script.main([str(tmp_path / "depth2"), "--out", str(out), "--axis", "data.batch_size"]) == 2
+    assert "axis data.batch_size: the run in" in capsys.readouterr().err
+
+
+def depth_run(calls: list):
+    """A stand-in trainer: the loss is a parabola in log2 lr whose vertex is -7 at the donor's depth (2) and -8
+    at depth 4; seeds move the loss, not the vertex."""
+    def fake_run(overrides, output_dir):
+        calls.append((overrides, output_dir))
+        o = dict(x.split("=", 1) for x in overrides)
+        vertex = -7 if o.get("model.n_layer", "2") == "2" else -8
+        return {"status": "completed", "val_loss": (float(o["lr_log2"]) - vertex) ** 2 / 10 + 2 + 0.01 * int(o["seed"])}
+
+    return fake_run
+
+
+def pipeline_cfg(tmp_path, **options) -> OmegaConf:
+    return OmegaConf.create({"training_experiment": "mutransfer_lr", "parametrizations": ["sp", "mup"],
+                             "donor_width": 32, "target_width": None, "search": {"lr_log2": [-8, -7, -6]},
+                             "seeds": [0, 1, 2], "overrides": ["trainer.max_steps=5"], "output_dir": str(tmp_path),
+                             **options})
+
+
+def test_pipeline_transfers_along_depth_steps_and_batch(tmp_path):
+    """The donor's depth, steps and batch come from the training experiment (composed once, with `overrides`);
+    the target's are passed; every run gets the donor's depth as µP's base depth and its batch as base_batch."""
+    calls, composed, checked = [], [], []
+
+    def fake_compose(overrides):
+        composed.append(overrides)
+        return OmegaConf.create({"model": {"n_layer": 2}, "trainer": {"max_steps": 5}, "data": {"batch_size": 16}})
+
+    cfg = pipeline_cfg(tmp_path, target_depth=4, target_steps=20, target_batch_size=32)
+    result = run_pipeline(cfg, depth_run(calls), check=checked.append, compose=fake_compose)
+    assert composed == [["+experiment=mutransfer_lr", "trainer.max_steps=5"]]
+    assert result["donor"] == {"width": 32, "depth": 2, "steps": 5, "batch_size": 16}
+    assert result["target"] == {"width": 32, "depth": 4, "steps": 20, "batch_size": 32}
+    runs = [o for o, _ in calls]
+    assert len(runs) == 2 * (3 + 1) * 3  # 2 parametrizations × (3 donor lrs + the target) × 3 seeds
+    assert all("++parametrization.base_depth=2" in o and "optim.base_batch=16" in o
+               and "parametrization.base_width=32" in o and "model.width=32" in o for o in runs)
+    donors = [o for o, d in calls if d.parent.name == "donor"]
+    targets = [o for o, d in calls if d.parent.name == "target"]
+    assert len(donors) == 18 and len(targets) == 6
+    assert all({"model.n_layer=2", "trainer.max_steps=5", "data.batch_size=16"} <= set(o) for o in donors)
+    assert all({"model.n_layer=4", "trainer.max_steps=20", "data.batch_size=32", "lr_log2=-7"} <= set(o)
+               for o in targets)
+    # the target's settings come after the user's overrides: trainer.max_steps=20 wins over =5
+    assert all(o.index("trainer.max_steps=20") > o.index("trainer.max_steps=5") for o in targets)
+    assert len(checked) == 2 * (3 + 1)  # every donor setting and the target, per parametrization, before any run
+    mup = result["parametrizations"]["mup"]
+    assert mup["donor_best"] == ["lr_log2=-7"] and mup["donor_best_log2_lr"] == pytest.approx(-7.0)
+    assert mup["target_loss"] == pytest.approx(2.1 + 0.01) and mup["target_loss_sd"] == pytest.approx(0.01)
+    assert "target_best" not in mup
+    text = format_pipeline(result)
+    assert text.splitlines()[0] == ("donor width 32, depth 2, steps 5, batch size 16 → target width 32, depth 4, "
+                                    "steps 20, batch size 32 (3 seeds: 0, 1, 2)")
+    assert "loss 2.1100 ± 0.0100 (sd, 3 seeds)   3 completed" in text and "not searched" in text
+
+    # given donor values are not composed; an axis the target leaves alone is the experiment's, passed nowhere
+    calls.clear()
+    run_pipeline(pipeline_cfg(tmp_path, donor_depth=3, target_depth=6), depth_run(calls), compose=fake_compose)
+    assert len(composed) == 1
+    assert all("++parametrization.base_depth=3" in o and not any(x.startswith(("optim.base_batch", "data.batch_size"))
+                                                                  for x in o) for o, _ in calls)
+
+
+def test_pipeline_tunes_the_target_for_the_regret(tmp_path):
+    """target_search: the target trained at each lr with the donor's other choices; the transferred point is not
+    trained twice; the regret of the transferred lr against the target's own optimum, mean and per seed."""
+    calls = []
+    cfg = pipeline_cfg(tmp_path, donor_depth=2, target_depth=4, parametrizations=["mup"],
+                       search={"lr_log2": [-8, -7, -6], "model": {"init_std": [0.02]}},
+                       target_search={"lr_log2": [-9, -8, -7, -6]})
+    checked = []
+    result = run_pipeline(cfg, depth_run(calls), check=checked.append)
+    assert len(checked) == 3 + 1 + 4  # the target-search runs are checked too, before any run trains
+    searched = [(o, d) for o, d in calls if d.parent.name == "target_search"]
+    assert len(searched) == 3 * 3  # -7 is the transferred target, already trained
+    assert all("model.init_std=0.02" in o and "model.n_layer=4" in o for o, _ in searched)
+    assert not any("lr_log2=-7" in o for o, _ in searched)
+    mup = result["parametrizations"]["mup"]
+    assert mup["target_best"] == ["lr_log2=-8", "model.init_std=0.02"]
+    assert mup["target_best_log2_lr"] == pytest.approx(-8.0)
+    assert mup["target_best_loss"] == pytest.approx(2.01)
+    # the target's vertex is -8: at the transferred -7 each seed loses 0.1 nats against its own best
+    assert mup["regret"] == pytest.approx(0.1)
+    assert mup["regret_seeds"]["mean"] == pytest.approx(0.1) and mup["regret_seeds"]["half_width"] == pytest.approx(0)
+    assert [t["overrides"][0] for t in mup["target_search_trials"]] == ["lr_log2=-9", "lr_log2=-8", "lr_log2=-7",
+                                                                       "lr_log2=-6"]
+    text = format_pipeline(result)
+    assert "target's best  lr_log2=-8 model.init_std=0.02 (log2 lr -8.00)   loss 2.0100 ± 0.0100 (sd, 3 seeds)" in text
+    assert "regret         0.1000 nats; per seed 0.1000 ± 0.0000 nats (95% CI, 3 seeds)" in text
+    written = json.loads((tmp_path / "transfer.json").read_text())
+    assert written["parametrizations"]["mup"]["regret"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"target_depth": 0}, "target_depth=0: must be a positive integer (or null: the donor's)"),
+    ({"target_depth": "abc"}, "target_depth=abc: must be a positive integer"),
+    ({"target_steps": 2.5}, "target_steps=2.5: must be a positive integer"),
+    ({"target_batch_size": True}, "target_batch_size=True: must be a positive integer"),
+    ({"donor_depth": -1, "target_depth": 4}, "donor_depth=-1: must be a positive integer (or null: the training"),
+    ({"donor_width": None}, "donor_width: required"),
+    ({"target_width": 16}, "target_width=16: narrower than donor_width=32"),
+    ({"donor_depth": 4, "target_depth": 2}, "target_depth=2: shallower than the donor's depth 4"),
+    ({"target_width": 32, "donor_steps": 100, "target_steps": 100}, "the target is the donor on every axis "
+                                                                     "(width 32, steps 100)"),
+    ({"target_width": 64, "target_search": {"lr_log2": []}}, "target_search.lr_log2: give at least one value"),
+    ({"target_width": 64, "target_search": {"lr_log2": -7}}, "target_search.lr_log2=-7: give a list of values"),
+])
+def test_pipeline_refuses_bad_targets_before_any_run(tmp_path, options, message):
+    trained = []
+    with pytest.raises(ValueError) as refused:
+        run_pipeline(pipeline_cfg(tmp_path, **options), lambda overrides, out: trained.append(overrides),
+                     compose=lambda overrides: pytest.fail("no composition needed"))
+    assert message in str(refused.value) and "\n" not in str(refused.value) and trained == []
+
+
+def test_depth_transfer_composes_for_both_parametrizations(tmp_path, cache_dir):
+    """The real configs: the donor's depth is mutransfer_lr's (2), read by composing it; SP accepts the
+    base_depth every run gets (`++`: its config has no such key), µP runs CompleteP at the target's depth; every
+    run, target-search points included, passes check_config."""
+    cfg = pipeline_cfg(tmp_path, target_depth=4, target_steps=40, seeds=[0], search={"lr_log2": [-8, -7]},
+                       overrides=["++parametrization.depth_alpha=1"], target_search={"lr_log2": [-8]})
+    composed = []
+
+    def check(overrides):
+        check_config(compose_config(overrides, tmp_path / "unused", cache_dir))
+
+    def compose_only(overrides, output_dir):
+        c = compose_config(overrides, output_dir, cache_dir)
+        composed.append((c.parametrization.name, c.model.n_layer, c.parametrization.base_depth, c.trainer.max_steps,
+                         c.parametrization.get("depth_alpha")))
+        return {"status": "completed", "val_loss": 5.0 + abs(c.optim.lr - 2.0 ** -7) * c.model.n_layer}
+
+    result = run_pipeline(cfg, compose_only, check=check)
+    assert result["donor"]["depth"] == 2 and result["donor"]["steps"] == 200
+    assert ("sp", 4, 2, 40, 1) in composed and ("mup", 4, 2, 40, 1) in composed and ("mup", 2, 2, 200, 1) in composed
+    assert len(composed) == 2 * (2 + 1 + 1)
