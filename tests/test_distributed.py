@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from conftest import run_if, run_train_cli
 from mugpt.callbacks import DivergenceGuard
 from mugpt.data import FixedWindows, RandomWindows
-from mugpt.distributed import build_strategy, check_strategy, world_size
+from mugpt.distributed import block_classes, build_strategy, check_strategy, world_size
 from mugpt.inspection import evaluate_loss, load_run, validation_batches
 from mugpt.model import Block
 from mugpt.training import accumulation_steps, train
@@ -256,7 +256,8 @@ def test_trainer_configs_compose_to_strategies(make_cfg):
     strategy = build_strategy(fsdp.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy)
     assert strategy.kwargs["use_orig_params"] is True
-    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == block_classes()  # u-µP's block too, if installed
+    assert Block in block_classes()
     assert strategy.sharding_strategy.name == "SHARD_GRAD_OP"
     assert build_strategy("ddp") == "ddp"
 

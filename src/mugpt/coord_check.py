@@ -58,7 +58,8 @@ KIND_TITLES = {
     "residual": "residual stream (block output)",
     "logits": "logits",
 }
-PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)"}
+PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)",
+                "umup": "u-µP (unit-scaled µP)"}
 
 # The depth axis (axis=depth). Its CSV has one row per (parametrization, depth, step, module kind, seed), with the
 # activation's size and its update's size side by side; the width axis's CSV keeps its own columns.

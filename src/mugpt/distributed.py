@@ -13,6 +13,7 @@ Lightning does the distributed work. This module holds what the project has to a
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -49,10 +50,21 @@ def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = 
     mup's own `infshape` attribute does not survive FSDP (mup #59); the project never reads it after build."""
     from lightning.pytorch.strategies import FSDPStrategy
 
+    return FSDPStrategy(auto_wrap_policy=block_classes(), use_orig_params=True, sharding_strategy=sharding_strategy,
+                        state_dict_type=state_dict_type, cpu_offload=cpu_offload, limit_all_gathers=limit_all_gathers)
+
+
+def block_classes() -> set[type]:
+    """The transformer block classes FSDP shards as units: GPT's, and u-µP's when unit-scaling is installed (a
+    policy naming only GPT's Block would leave a u-µP model as one unit)."""
     from mugpt.model import Block
 
-    return FSDPStrategy(auto_wrap_policy={Block}, use_orig_params=True, sharding_strategy=sharding_strategy,
-                        state_dict_type=state_dict_type, cpu_offload=cpu_offload, limit_all_gathers=limit_all_gathers)
+    blocks: set[type] = {Block}
+    if importlib.util.find_spec("unit_scaling") is not None:
+        from mugpt.unit_scaled import UnitScaledBlock
+
+        blocks.add(UnitScaledBlock)
+    return blocks
 
 
 def uses_cuda(trainer_cfg: DictConfig | dict) -> bool:

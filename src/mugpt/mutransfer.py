@@ -32,7 +32,8 @@ from omegaconf import OmegaConf
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("parametrization", "width", "lr", "seed", "val_loss", "status", "output_dir")
-PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)"}
+PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)",
+                "umup": "u-µP (unit-scaled µP)"}
 AXIS_WORDS = {"width": "width", "model.width": "width", "model.n_layer": "depth", "trainer.max_steps": "steps",
               "data.batch_size": "batch"}
 AXIS_TITLES = {"width": "width (model.width)", "model.width": "width (model.width)",
