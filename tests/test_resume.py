@@ -159,3 +159,19 @@ def test_resume_auto_matches_runs_by_their_overrides(tmp_path):
     assert older != newer
     assert find_resume_checkpoint("auto", here, ["model.width=32"], tmp_path / "outputs") is None
     assert find_resume_checkpoint(None, here, [], tmp_path) is None
+
+
+def test_checkpoint_older_than_an_option_resumes_only_as_it_was_trained(tmp_path):
+    """A checkpoint written before µP's depth and ε options existed has none of them: it resumes when the run
+    computes what it was trained with (no depth rule, fixed ε), and is refused, naming the option, otherwise."""
+    from mugpt.checkpointing import check_compatible
+
+    old = {"model": {"width": 64, "n_layer": 2}, "parametrization": {"name": "mup", "base_width": 32}}
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": old}, ckpt)
+    same = {"model": {**old["model"], "branch_mult": 1.0, "init_depth": None},
+            "parametrization": {**old["parametrization"], "depth_alpha": 0.0, "base_depth": None, "scale_eps": False}}
+    check_compatible(ckpt, same)
+    with pytest.raises(ValueError, match="predates parametrization.scale_eps and was trained as "
+                                         "parametrization.scale_eps=False; this run has parametrization.scale_eps=True"):
+        check_compatible(ckpt, {**same, "parametrization": {**same["parametrization"], "scale_eps": True}})

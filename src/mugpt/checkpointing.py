@@ -33,6 +33,9 @@ LAST = "last.ckpt"
 # overrides that say how to run, not what to train: ignored when matching a run to resume
 # model options that change how a step runs, not what is trained: free to change on resume
 RUNTIME_ONLY = {"activation_checkpointing", "dropout", "loss_impl", "loss_chunk"}
+# Options added after checkpoints were already being written, with the value that computes what those checkpoints
+# were trained with: a checkpoint without the key resumes when the run has this value (µP's ε scaling was off).
+ADDED_OPTIONS = {"branch_mult": 1.0, "init_depth": None, "depth_alpha": 0.0, "base_depth": None, "scale_eps": False}
 NOT_IDENTITY = ("resume", "hydra.", "logger", "trainer.enable_progress_bar", "output_dir")
 
 
@@ -201,6 +204,11 @@ def check_compatible(ckpt: Path, hparams: dict) -> None:
     for section in ("model", "parametrization"):
         old, new = saved.get(section, {}), hparams.get(section, {})
         for key in sorted((set(old) | set(new)) - RUNTIME_ONLY):
+            if key not in old and key in ADDED_OPTIONS and new.get(key) == ADDED_OPTIONS[key]:
+                continue
+            if key not in old and key in ADDED_OPTIONS:
+                raise ValueError(f"resume: checkpoint {ckpt} predates {section}.{key} and was trained as "
+                                 f"{section}.{key}={ADDED_OPTIONS[key]}; this run has {section}.{key}={new.get(key)}")
             if old.get(key) != new.get(key):
                 raise ValueError(f"resume: checkpoint {ckpt} was trained with {section}.{key}={old.get(key)}, "
                                  f"this run has {section}.{key}={new.get(key)}")
