@@ -172,6 +172,6 @@ def test_checkpoint_older_than_an_option_resumes_only_as_it_was_trained(tmp_path
     same = {"model": {**old["model"], "branch_mult": 1.0, "init_depth": None},
             "parametrization": {**old["parametrization"], "depth_alpha": 0.0, "base_depth": None, "scale_eps": False}}
     check_compatible(ckpt, same)
-    with pytest.raises(ValueError, match="predates parametrization.scale_eps and was trained as "
-                                         "parametrization.scale_eps=False; this run has parametrization.scale_eps=True"):
+    with pytest.raises(ValueError, match="predates parametrization.scale_eps and was trained as parametrization."
+                                         "scale_eps=False; this run has parametrization.scale_eps=True"):
         check_compatible(ckpt, {**same, "parametrization": {**same["parametrization"], "scale_eps": True}})
