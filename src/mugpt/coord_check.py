@@ -342,6 +342,14 @@ def check_coord_check(cfg: Any) -> None:
                 OmegaConf.to_container(cfg.model, resolve=True), list(cfg.widths), int(cfg.steps), vocab_size=1)
 
 
+def shared_batches(tokens: np.ndarray, steps: int, batch_size: int, block_size: int,
+                   data_seed: int) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """One probe batch and one stream of steps - 1 training batches, shared by every parametrization, width (or
+    depth) and seed of a sweep, so that their traces differ only by the model."""
+    probe_x, _ = sample_batches(tokens, 1, batch_size, block_size, seed=data_seed)[0]
+    return probe_x, sample_batches(tokens, max(steps - 1, 0), batch_size, block_size, seed=data_seed + 1)
+
+
 def run_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Mapping[str, Any], optim_cfg: Any,
                widths: Sequence[int], seeds: Sequence[int], steps: int, tokens: np.ndarray, vocab_size: int,
                batch_size: int, data_seed: int, device: str = "cpu") -> list[dict]:
@@ -350,10 +358,7 @@ def run_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Map
     parametrizations: label → parametrization options ({"name": "sp"} or {"name": "mup", ...}); a µP
         base_width of None means the smallest width. model_cfg: GPTConfig fields (width is swept)."""
     configs, plans = plan_traces(parametrizations, model_cfg, widths, steps, vocab_size)
-    # One probe batch and one stream of training batches, shared by every parametrization, width and seed.
-    block_size = configs[0].block_size
-    probe_x, _ = sample_batches(tokens, 1, batch_size, block_size, seed=data_seed)[0]
-    train_batches = sample_batches(tokens, max(steps - 1, 0), batch_size, block_size, seed=data_seed + 1)
+    probe_x, train_batches = shared_batches(tokens, steps, batch_size, configs[0].block_size, data_seed)
     rows = []
     for label, options in plans.items():
         for config in configs:
@@ -376,9 +381,7 @@ def run_depth_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cf
     kind (aggregate_by_kind) and seed, with the activation's mean |x| and its update's mean |x_t - x_0|."""
     configs, plans = plan_depth_traces(parametrizations, model_cfg, depths, steps, vocab_size,
                                        optim_name=optim_cfg.name)
-    block_size = configs[0].block_size
-    probe_x, _ = sample_batches(tokens, 1, batch_size, block_size, seed=data_seed)[0]
-    train_batches = sample_batches(tokens, max(steps - 1, 0), batch_size, block_size, seed=data_seed + 1)
+    probe_x, train_batches = shared_batches(tokens, steps, batch_size, configs[0].block_size, data_seed)
     rows = []
     for label, options in plans.items():
         for config in configs:

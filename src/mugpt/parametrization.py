@@ -55,7 +55,26 @@ def _group(groups: dict, key: tuple, *, kind: str, decay: bool, lr: float, mult:
     return groups[key]
 
 
-class StandardParametrization:
+class Parametrization:
+    """What every parametrization answers besides building and grouping: by default no option depends on the
+    widths or depths of a sweep (the coordinate check), and every optimizer family is accepted."""
+
+    @staticmethod
+    def options_for_widths(options: dict, widths: list[int]) -> dict:
+        """The options for a run over several widths (the coordinate check)."""
+        return dict(options)
+
+    @staticmethod
+    def options_for_depths(options: dict, depths: list[int]) -> dict:
+        """The options for a run over several depths (the depth coordinate check)."""
+        return dict(options)
+
+    @staticmethod
+    def check_family(family: str) -> None:
+        """Refuse an optimizer family this parametrization has no rule for (none here)."""
+
+
+class StandardParametrization(Parametrization):
     """GPT-2 as published: N(0, 0.02) init, 1/sqrt(d_head) attention, one learning rate for all."""
 
     name = "sp"
@@ -67,20 +86,6 @@ class StandardParametrization:
         if unknown:
             raise ValueError(f"parametrization.{unknown[0]}: not an option of parametrization={self.name} (SP has "
                              f"none; it ignores µP's, so that sp,mup sweeps can share overrides)")
-
-    @staticmethod
-    def options_for_widths(options: dict, widths: list[int]) -> dict:
-        """The options for a run over several widths (the coordinate check): SP has none that depend on width."""
-        return dict(options)
-
-    @staticmethod
-    def options_for_depths(options: dict, depths: list[int]) -> dict:
-        """The options for a run over several depths: SP has none that depend on depth."""
-        return dict(options)
-
-    @staticmethod
-    def check_family(family: str) -> None:
-        """Every optimizer family runs under SP (one learning rate for all)."""
 
     @staticmethod
     def check_run(model: GPTConfig, cfg: Any) -> None:
@@ -164,7 +169,7 @@ class SharedReadout(_CachedWidthMult, MuSharedReadout):
     """µP readout tied to the token embedding."""
 
 
-class MaximalUpdateParametrization:
+class MaximalUpdateParametrization(Parametrization):
     """µP through Microsoft's `mup` package, with its known gaps closed here.
 
     base_width: the width at which µP and SP coincide (the donor's width in a µTransfer experiment).
@@ -384,7 +389,7 @@ class UnitScalingTag:
     shape: tuple[int, ...]
 
 
-class UnitScaledParametrization:
+class UnitScaledParametrization(Parametrization):
     """u-µP (Blake et al., ICLR 2025, "u-µP: The Unit-Scaled Maximal Update Parametrization") through Graphcore's
     `unit-scaling` package: the same GPT (GPTConfig's architecture, parameter names and shapes) built from the
     package's unit-scaled layers (mugpt.unit_scaled), every weight drawn N(0, 1), and the package's Adam rule for
@@ -427,16 +432,6 @@ class UnitScaledParametrization:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"parametrization.{key} must be a positive number, got {value!r}")
         self.mults = {key: float(value) for key, value in self.mults.items()}
-
-    @staticmethod
-    def options_for_widths(options: dict, widths: list[int]) -> dict:
-        """u-µP's rules are absolute (no base width): the options are the same at every width."""
-        return dict(options)
-
-    @staticmethod
-    def options_for_depths(options: dict, depths: list[int]) -> dict:
-        """u-µP's depth rules are absolute (no base depth): the options are the same at every depth."""
-        return dict(options)
 
     @staticmethod
     def check_family(family: str) -> None:
