@@ -340,3 +340,57 @@ def test_alpha_zero_ignores_base_depth():
 def test_options_for_depths_fills_base_depth():
     assert MaximalUpdateParametrization.options_for_depths({"depth_alpha": 1.0}, [8, 2, 4])["base_depth"] == 2
     assert MaximalUpdateParametrization.options_for_depths({"base_depth": 4}, [2, 8])["base_depth"] == 4
+
+
+# ------------------------------------------------------------ the init relative to the base width (issue 21)
+@pytest.mark.parametrize("width", [BASE, 4 * BASE])
+def test_hidden_init_scale_gives_c_over_sqrt_width(width):
+    """hidden_init_scale=c: every hidden matrix starts at c/sqrt(width) (c/sqrt(base_width) at the base width,
+    µP's 1/sqrt(m) above it); the embeddings keep model.init_std at every width."""
+    torch.manual_seed(0)
+    c = 0.5
+    model = mup(hidden_init_scale=c).build_model(config(width))
+    b = model.blocks[0]
+    assert b.attn.qkv.weight.std().item() == pytest.approx(c / math.sqrt(width), rel=0.03)
+    assert b.mlp.fc.weight.std().item() == pytest.approx(c / math.sqrt(width), rel=0.03)
+    assert b.mlp.proj.weight.std().item() == pytest.approx(c / math.sqrt(width) / math.sqrt(2 * 2), rel=0.03)
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert model.pos_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_mup_with_hidden_init_scale_is_sp_with_the_same_init_at_base_width(tie):
+    """µP's init relative to the base width is an init SP can be given too (model.hidden_init_std): at the base
+    width the two models are the same, weight for weight, and compute the same function."""
+    c = 0.64
+    torch.manual_seed(0)
+    sp_model = get_parametrization({"name": "sp"}).build_model(
+        config(BASE, tie_embeddings=tie, hidden_init_std=c / math.sqrt(BASE)))
+    torch.manual_seed(0)
+    mup_model = mup(hidden_init_scale=c, output_mult=1.0).build_model(config(BASE, tie_embeddings=tie))
+    for (name, a), b in zip(sp_model.state_dict().items(), mup_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert sp_model.blocks[1].attn.qkv.weight.std().item() == pytest.approx(0.08, rel=0.03)
+    x = torch.randint(0, 256, (2, 32))
+    torch.testing.assert_close(mup_model(x)[0], sp_model(x)[0], rtol=1e-6, atol=1e-6)
+
+
+def test_hidden_init_std_and_hidden_init_scale_together_are_refused():
+    with pytest.raises(ValueError, match="model.hidden_init_std=0.01 and parametrization.hidden_init_scale=0.5 both "
+                                         "set the hidden init"):
+        mup(hidden_init_scale=0.5).build_model(config(BASE, hidden_init_std=0.01))
+    with pytest.raises(ValueError, match="parametrization.hidden_init_scale must be a non-negative number"):
+        mup(hidden_init_scale=-1.0)
+    with pytest.raises(ValueError, match="model.hidden_init_std must be a non-negative number"):
+        config(BASE, hidden_init_std=-0.1)
+
+
+def test_embedding_init_std_sets_the_tables_only():
+    """embedding_init_std: the token and position tables (and the tied readout) at that std at every width; the
+    hidden matrices keep model.init_std when hidden_init_scale is null."""
+    torch.manual_seed(0)
+    model = mup(embedding_init_std=0.08).build_model(config(4 * BASE, init_std=0.04))
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.08, rel=0.03)
+    assert model.pos_emb.weight.std().item() == pytest.approx(0.08, rel=0.05)
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.04 / 2, rel=0.03)  # σ/sqrt(m), m = 4

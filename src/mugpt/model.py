@@ -38,7 +38,8 @@ class GPTConfig:
     bias: bool = True
     norm: Literal["pre", "post"] = "pre"  # pre-norm as GPT-2; post-norm as the original Transformer
     tie_embeddings: bool = True
-    init_std: float = 0.02
+    init_std: float = 0.02  # std of the embedding tables (and untied readout); of the hidden matrices too unless set
+    hidden_init_std: float | None = None  # std of every matrix inside a block; None: init_std (GPT-2: 0.02 for all)
     pad_vocab_multiple: int = 64  # 50257 -> 50304: matmuls on a multiple of 64 run faster
     attn_scale: float | None = None  # attention logit scale; None means 1/sqrt(head_size) (SP)
     embed_mult: float = 1.0  # forward multiplier on the embedding output (µP's input multiplier)
@@ -70,6 +71,10 @@ class GPTConfig:
             raise ValueError(f"model.loss_chunk must be a positive integer, got {self.loss_chunk!r}")
         if self.init_depth is not None and (not isinstance(self.init_depth, int) or self.init_depth <= 0):
             raise ValueError(f"model.init_depth must be a positive integer or null, got {self.init_depth!r}")
+        for name in ("init_std", "hidden_init_std"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"model.{name} must be a non-negative number, got {value!r}")
         if self.branch_mult <= 0:
             raise ValueError(f"model.branch_mult must be positive, got {self.branch_mult}")
         if self.attention_backend != "auto" and self.attention_backend not in SDPA_BACKENDS:
@@ -239,9 +244,10 @@ class GPT(nn.Module):
         `normal_(tensor, mean, std)` draws the weights; µP passes mup's width-aware sampler, so that both
         parametrizations draw the same random numbers in the same order (identical models at base width)."""
         std = self.config.init_std
+        hidden_std = std if self.config.hidden_init_std is None else self.config.hidden_init_std
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                normal_(module.weight, 0.0, std)
+                normal_(module.weight, 0.0, std if module is self.lm_head else hidden_std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
@@ -254,7 +260,7 @@ class GPT(nn.Module):
         # depth-µP / CompleteP the branch multiplier does that job, and this factor is held at the base depth.
         depth = self.config.init_depth or self.config.n_layer
         for proj in self.residual_projections():
-            normal_(proj.weight, 0.0, std / math.sqrt(2 * depth))
+            normal_(proj.weight, 0.0, hidden_std / math.sqrt(2 * depth))
 
     # -------------------------------------------------------------- forward
     def forward(

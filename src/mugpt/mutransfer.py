@@ -836,3 +836,55 @@ def format_pipeline(result: Mapping[str, Any]) -> str:
         else:
             lines.append("  target's best  not searched (set target_search, e.g. {lr_log2: [...]}, for the regret)")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- µP's defaults (issue 21)
+INIT_KEYS = ("parametrization.hidden_init_scale", "parametrization.output_mult")
+
+
+def grid_optima(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = INIT_KEYS) -> dict[tuple, dict[str, Any]]:
+    """For each combination of `keys` (over one donor's runs): the best seed-mean loss over the learning rates
+    tried, and the log2 lr that reached it. A diverged or failed run counts as no loss (inf)."""
+    losses: dict[tuple, dict[float, list[float]]] = {}
+    for r in rows:
+        combo = tuple(r[k] for k in keys)
+        losses.setdefault(combo, {}).setdefault(math.log2(r["lr"]), []).append(_loss(r))
+    optima = {}
+    for combo, by_lr in losses.items():
+        curve = {lr: sum(v) / len(v) for lr, v in by_lr.items()}
+        lr = min(curve, key=curve.get)
+        optima[combo] = {"loss": curve[lr], "log2_lr": lr, "lrs": sorted(curve), "seeds": max(map(len, by_lr.values()))}
+    return optima
+
+
+def defaults_table(settings: Mapping[str, Sequence[Mapping[str, Any]]], default: Sequence[Any],
+                   keys: Sequence[str] = INIT_KEYS) -> tuple[list[dict[str, Any]], str]:
+    """How far a candidate default (one value per key) is from each setting's own optimum over the grid, the
+    learning rate tuned in both: one row per setting, and the text of a table per setting (the grid's best
+    loss per combination, lr tuned) with the summary."""
+    rows, lines = [], []
+    default = tuple(default)
+    for name, runs in settings.items():
+        optima = grid_optima(runs, keys)
+        best = min(optima, key=lambda c: optima[c]["loss"])
+        ours = optima.get(default)
+        rows.append({"setting": name, "best": dict(zip(keys, best)), "best_loss": optima[best]["loss"],
+                     "best_log2_lr": optima[best]["log2_lr"],
+                     "default_loss": ours["loss"] if ours else math.nan,
+                     "default_log2_lr": ours["log2_lr"] if ours else math.nan,
+                     "gap": ours["loss"] - optima[best]["loss"] if ours else math.nan})
+        firsts = _order({c[0] for c in optima})
+        seconds = _order({c[1] for c in optima})
+        lines.append(f"{name}: best loss over lr ({keys[0].rsplit('.', 1)[-1]} down, "
+                     f"{keys[1].rsplit('.', 1)[-1]} across)")
+        lines.append("        " + "".join(f"{s!s:>16}" for s in seconds))
+        for f in firsts:
+            cells = [optima.get((f, s)) for s in seconds]
+            lines.append(f"{f!s:>8}" + "".join(f"{c['loss']:>9.3f} (2^{c['log2_lr']:g})".rjust(16) if c else
+                                               " " * 16 for c in cells))
+    lines.append("")
+    lines.append(f"default {dict(zip(keys, default))}: gap to each setting's optimum (lr tuned in both)")
+    for r in rows:
+        lines.append(f"  {r['setting']:<20} optimum {r['best']} {r['best_loss']:.3f} at 2^{r['best_log2_lr']:g}; "
+                     f"default {r['default_loss']:.3f} at 2^{r['default_log2_lr']:g}: gap {r['gap']:+.3f}")
+    return rows, "\n".join(lines)

@@ -185,6 +185,11 @@ class MaximalUpdateParametrization(Parametrization):
     base_depth: the depth at which the depth rules are the identity (the donor's n_layer); required when α > 0.
     scale_eps: scale Adam-like optimizers' ε with width and depth as the gradients scale (CompleteP, Eq. 40).
         At base width and base depth it changes nothing.
+    hidden_init_scale: c in the hidden matrices' init std c/sqrt(base_width) at the base width, which µP's init
+        turns into c/sqrt(width) at any width: the init is set relative to the donor's width instead of GPT-2's
+        absolute 0.02 (chosen at width 768). None: model.init_std (or model.hidden_init_std) as given.
+    embedding_init_std: the init std of the token and position tables (with them the tied readout, or the untied
+        readout's), width-independent as µP's input weights are. None: model.init_std.
     """
 
     name = "mup"
@@ -192,7 +197,8 @@ class MaximalUpdateParametrization(Parametrization):
     def __init__(self, base_width: int = 256, attn_alpha: float | None = None, input_mult: float = 1.0,
                  output_mult: float = 1.0, readout_zero_init: bool = False, query_zero_init: bool = False,
                  embedding_lr_mult: float = 1.0, depth_alpha: float = 0.0, base_depth: int | None = None,
-                 scale_eps: bool = True) -> None:
+                 scale_eps: bool = True, hidden_init_scale: float | None = None,
+                 embedding_init_std: float | None = None) -> None:
         if not isinstance(base_width, int) or base_width <= 0:
             raise ValueError(f"parametrization.base_width must be a positive integer, got {base_width!r}")
         if not isinstance(depth_alpha, (int, float)) or not 0.0 <= depth_alpha <= 1.0:
@@ -208,7 +214,13 @@ class MaximalUpdateParametrization(Parametrization):
                            ("embedding_lr_mult", embedding_lr_mult)):
             if value <= 0:
                 raise ValueError(f"parametrization.{key} must be positive, got {value}")
+        for key, value in (("hidden_init_scale", hidden_init_scale), ("embedding_init_std", embedding_init_std)):
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"parametrization.{key} must be a non-negative number or null (model.init_std as "
+                                 f"given), got {value!r}")
+        self.embedding_init_std = embedding_init_std
         self.base_width = base_width
+        self.hidden_init_scale = hidden_init_scale
         self.attn_alpha = attn_alpha
         self.input_mult = input_mult
         self.output_mult = output_mult
@@ -263,10 +275,25 @@ class MaximalUpdateParametrization(Parametrization):
             raise ValueError(f"parametrization.base_width: width {width} is not divisible by "
                              f"model.n_head={config.n_head}")
         alpha = self.attn_alpha if self.attn_alpha is not None else math.sqrt(self.base_width // config.n_head)
-        depth = dict(branch_mult=self.branch_mult(config.n_layer),
-                     init_depth=self.base_depth if self.depth_alpha > 0 else None)  # Table 1: init at base depth
+        changes = dict(branch_mult=self.branch_mult(config.n_layer),
+                       init_depth=self.base_depth if self.depth_alpha > 0 else None)  # Table 1: init at base depth
+        if self.hidden_init_scale is not None:  # the std at base width; mup.init divides it by sqrt(m) at width
+            changes["hidden_init_std"] = self.base_init_std(config)
+        if self.embedding_init_std is not None:
+            changes["init_std"] = self.embedding_init_std
+            if self.hidden_init_scale is None and config.hidden_init_std is None:
+                changes["hidden_init_std"] = config.init_std  # the hidden matrices keep model.init_std
         return replace(config, width=width, attn_scale=alpha / (width // config.n_head), embed_mult=self.input_mult,
-                       **depth)
+                       **changes)
+
+    def base_init_std(self, config: GPTConfig) -> float:
+        """The hidden matrices' init std at the base width: c/sqrt(base_width). Set together with
+        model.hidden_init_std, one would silently override the other: refused."""
+        if config.hidden_init_std is not None:
+            raise ValueError(f"model.hidden_init_std={config.hidden_init_std:g} and parametrization.hidden_init_scale="
+                             f"{self.hidden_init_scale:g} both set the hidden init: set hidden_init_scale=null to "
+                             f"give an absolute std")
+        return self.hidden_init_scale / math.sqrt(self.base_width)
 
     def _assemble(self, config: GPTConfig) -> GPT:
         model = GPT(config, init=False)
