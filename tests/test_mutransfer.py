@@ -175,7 +175,8 @@ def test_one_command_config_picks_its_training_experiment(tmp_path, cache_dir):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="mutransfer", overrides=[
             "training_experiment=mutransfer_gpu", "donor_width=256", "target_width=2048", "search.lr_log2=[-9,-8]",
-            "search.model.init_std=[0.02]", f"output_dir={tmp_path}"])
+            "search_by_parametrization.sp.model.init_std=[0.02]",
+            "search_by_parametrization.mup.parametrization.hidden_init_scale=[0.5]", f"output_dir={tmp_path}"])
     composed = []
 
     def compose_only(overrides, output_dir):
@@ -185,7 +186,7 @@ def test_one_command_config_picks_its_training_experiment(tmp_path, cache_dir):
         return {"status": "completed", "val_loss": 5.0 + abs(run_cfg.optim.lr - 2.0 ** -9)}
 
     result = run_pipeline(cfg, compose_only)
-    # SP: 2 donor runs + 1 target; µP: 2 lrs x 3 output multipliers + 1 target
+    # SP: 2 donor runs + 1 target; µP: 2 lrs x 3 output_alpha + 1 target
     assert len(composed) == 3 + 7
     assert {c[0] for c in composed} == {"gpt2"} and {c[2] for c in composed} == {256}
     assert sorted({c[1] for c in composed}) == [256, 2048]
@@ -490,3 +491,47 @@ def test_depth_transfer_composes_for_both_parametrizations(tmp_path, cache_dir):
     assert result["donor"]["depth"] == 2 and result["donor"]["steps"] == 200
     assert ("sp", 4, 2, 40, 1) in composed and ("mup", 4, 2, 40, 1) in composed and ("mup", 2, 2, 200, 1) in composed
     assert len(composed) == 2 * (2 + 1 + 1)
+
+
+def test_defaults_report_finds_each_settings_optimum_and_the_defaults_gap(tmp_path, capsys):
+    """Two donor grids (embedding std × init scale × output multiplier × lr, two seeds): the report takes the
+    seed-mean loss at each lr, the best lr per combination, a diverged seed makes its lr unusable, a run with the
+    keys null counts as model.init_std's init (c = init_std · sqrt(base_width)), and the default's gap to each
+    setting's optimum is the difference of the two best losses."""
+    def loss(setting, emb, c, mult, e):  # optimum (0.08, 0.5, 2) at 2^-6 in "a", (0.08, 0.5, 4) at 2^-7 in "b"
+        best_mult, best_lr = (2, -6) if setting == "a" else (4, -7)
+        return 2.0 + abs(emb - 0.08) + abs(c - 0.5) + 0.01 * abs(mult - best_mult) + 0.1 * (e - best_lr) ** 2
+
+    n = 0
+    for setting in ("a", "b"):
+        for emb, c, mult in ((0.08, 0.5, 2), (0.08, 0.5, 4), (0.02, 1.0, 2), (None, None, None)):
+            for e in (-7, -6):
+                for seed in (1, 2):
+                    value = loss(setting, emb if emb else 0.02, c if c else 0.16, mult or 1, e) + 0.01 * seed
+                    diverged = setting == "a" and mult == 4 and e == -6 and seed == 2
+                    config = {"model": {"init_std": 0.02, "width": 64}, "seed": seed,
+                              "parametrization": {"name": "mup", "base_width": 64, "embedding_init_std": emb, "output_alpha": 64.0,
+                                                  "hidden_init_scale": c, "output_mult": mult}}
+                    write_run(tmp_path / setting / str(n), {"parametrization": "mup", "width": 64, "lr": 2.0 ** e,
+                              "seed": seed, "val_loss": 9.0 if diverged else value,
+                              "status": "diverged" if diverged else "completed"}, config)
+                    n += 1
+    script = load_script("mup_defaults")
+    out = tmp_path / "report"
+    assert script.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--default", "0.08,0.5,2",
+                        "--out", str(out)]) == 0
+    summary = json.loads((out / "defaults.json").read_text())
+    a, b = summary["settings"]
+    assert a["best"] == {"parametrization.embedding_init_std": 0.08, "parametrization.hidden_init_scale": 0.5,
+                         "parametrization.output_mult": 2.0}
+    assert a["best_log2_lr"] == -6 and a["best_loss"] == pytest.approx(2.015) and a["gap"] == 0.0
+    assert b["best"]["parametrization.output_mult"] == 4.0 and b["best_log2_lr"] == -7
+    assert b["gap"] == pytest.approx(0.02)  # 0.01 · |2 - 4|
+    text = capsys.readouterr().out
+    assert "0.02 0.16" in text  # the null run, as model.init_std's init: c = 0.02 · 8
+    with open(out / "defaults.csv") as f:
+        assert len(list(csv.DictReader(f))) == 32
+    with pytest.raises(SystemExit):
+        script.main([f"a={tmp_path / 'missing'}", "--default", "0.08,0.5,2"])
+    with pytest.raises(SystemExit):
+        script.main([f"a={tmp_path / 'a'}", "--default", "0.08,2"])

@@ -394,3 +394,18 @@ def test_embedding_init_std_sets_the_tables_only():
     assert model.pos_emb.weight.std().item() == pytest.approx(0.08, rel=0.05)
     assert model.lm_head.weight is model.tok_emb.weight
     assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.04 / 2, rel=0.03)  # σ/sqrt(m), m = 4
+
+
+def test_output_alpha_is_the_output_multiplier_over_the_base_width():
+    """output_mult null: output_mult = output_alpha / base_width, so the logits are output_alpha / width · W h at
+    every base width (the same model at width 256 whether the base is 64 or 128)."""
+    assert mup(output_mult=None, output_alpha=128.0).output_mult == 2.0
+    assert get_parametrization({"name": "mup", "base_width": 128, "output_mult": None,
+                                "output_alpha": 128.0}).output_mult == 1.0
+    assert mup(output_mult=4.0, output_alpha=128.0).output_mult == 4.0  # an explicit output_mult is used as given
+    model = mup(output_mult=None, output_alpha=128.0).build_model(config(4 * BASE))
+    assert model.lm_head.input_scale() == pytest.approx(128.0 / (4 * BASE))
+    with pytest.raises(ValueError, match="parametrization.output_mult and output_alpha are both null"):
+        mup(output_mult=None)
+    with pytest.raises(ValueError, match="parametrization.output_alpha must be positive"):
+        mup(output_mult=None, output_alpha=0.0)

@@ -35,7 +35,8 @@ LAST = "last.ckpt"
 RUNTIME_ONLY = {"activation_checkpointing", "dropout", "loss_impl", "loss_chunk"}
 # Options added after checkpoints were already being written, with the value that computes what those checkpoints
 # were trained with: a checkpoint without the key resumes when the run has this value (µP's ε scaling was off).
-ADDED_OPTIONS = {"branch_mult": 1.0, "init_depth": None, "depth_alpha": 0.0, "base_depth": None, "scale_eps": False}
+ADDED_OPTIONS = {"branch_mult": 1.0, "init_depth": None, "depth_alpha": 0.0, "base_depth": None, "scale_eps": False,
+                 "hidden_init_std": None, "hidden_init_scale": None, "embedding_init_std": None}
 NOT_IDENTITY = ("resume", "hydra.", "logger", "trainer.enable_progress_bar", "output_dir")
 
 

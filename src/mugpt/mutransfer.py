@@ -838,8 +838,8 @@ def format_pipeline(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- µP's defaults (issue 21)
-INIT_KEYS = ("parametrization.hidden_init_scale", "parametrization.output_mult")
+# --------------------------------------------------------------------------- µP's defaults
+INIT_KEYS = ("parametrization.embedding_init_std", "parametrization.hidden_init_scale", "parametrization.output_mult")
 
 
 def grid_optima(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = INIT_KEYS) -> dict[tuple, dict[str, Any]]:
@@ -857,11 +857,21 @@ def grid_optima(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = INIT_KE
     return optima
 
 
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _cell(optimum: Mapping[str, Any] | None) -> str:
+    if optimum is None:
+        return ""
+    return f"{optimum['loss']:.3f} (2^{optimum['log2_lr']:g})" if math.isfinite(optimum["loss"]) else "diverged"
+
+
 def defaults_table(settings: Mapping[str, Sequence[Mapping[str, Any]]], default: Sequence[Any],
                    keys: Sequence[str] = INIT_KEYS) -> tuple[list[dict[str, Any]], str]:
-    """How far a candidate default (one value per key) is from each setting's own optimum over the grid, the
-    learning rate tuned in both: one row per setting, and the text of a table per setting (the grid's best
-    loss per combination, lr tuned) with the summary."""
+    """How far a candidate default (one value per key) is from each setting's own optimum over its grid, the
+    learning rate tuned in both: one row per setting, and the text of a table per setting (the best loss over the
+    learning rates at each combination: the last key across, the others down) with that summary."""
     rows, lines = [], []
     default = tuple(default)
     for name, runs in settings.items():
@@ -873,18 +883,20 @@ def defaults_table(settings: Mapping[str, Sequence[Mapping[str, Any]]], default:
                      "default_loss": ours["loss"] if ours else math.nan,
                      "default_log2_lr": ours["log2_lr"] if ours else math.nan,
                      "gap": ours["loss"] - optima[best]["loss"] if ours else math.nan})
-        firsts = _order({c[0] for c in optima})
-        seconds = _order({c[1] for c in optima})
-        lines.append(f"{name}: best loss over lr ({keys[0].rsplit('.', 1)[-1]} down, "
-                     f"{keys[1].rsplit('.', 1)[-1]} across)")
-        lines.append("        " + "".join(f"{s!s:>16}" for s in seconds))
-        for f in firsts:
-            cells = [optima.get((f, s)) for s in seconds]
-            lines.append(f"{f!s:>8}" + "".join(f"{c['loss']:>9.3f} (2^{c['log2_lr']:g})".rjust(16) if c else
-                                               " " * 16 for c in cells))
+        down = _order({c[:-1] for c in optima})
+        across = _order({c[-1] for c in optima})
+        lines.append(f"{name}: best loss over the lrs tried, at 2^lr ({', '.join(map(_short, keys[:-1]))} down, "
+                     f"{_short(keys[-1])} across)")
+        lines.append(" " * 14 + "".join(f"{a!s:>16}" for a in across))
+        for d in down:
+            cells = [optima.get((*d, a)) for a in across]
+            lines.append(f"{' '.join(map(str, d)):>14}" + "".join(
+                _cell(c).rjust(16) for c in cells))
     lines.append("")
-    lines.append(f"default {dict(zip(keys, default))}: gap to each setting's optimum (lr tuned in both)")
+    lines.append(f"default {', '.join(f'{_short(k)}={v:g}' for k, v in zip(keys, default))}: its gap to each "
+                 f"setting's optimum (lr tuned in both)")
     for r in rows:
-        lines.append(f"  {r['setting']:<20} optimum {r['best']} {r['best_loss']:.3f} at 2^{r['best_log2_lr']:g}; "
+        best = ", ".join(f"{_short(k)}={v:g}" for k, v in r["best"].items())
+        lines.append(f"  {r['setting']:<10} optimum {best}: {r['best_loss']:.3f} at 2^{r['best_log2_lr']:g}; "
                      f"default {r['default_loss']:.3f} at 2^{r['default_log2_lr']:g}: gap {r['gap']:+.3f}")
     return rows, "\n".join(lines)

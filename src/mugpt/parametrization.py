@@ -175,7 +175,12 @@ class MaximalUpdateParametrization(Parametrization):
     base_width: the width at which µP and SP coincide (the donor's width in a µTransfer experiment).
     attn_alpha: attention logits are scaled by attn_alpha / d_head; None picks sqrt(base d_head), so that at
         base width the scale equals SP's 1/sqrt(d_head) and the two parametrizations compute the same function.
-    input_mult, output_mult: forward multipliers on the embedding output and on the logits (tunable).
+    input_mult, output_mult: forward multipliers on the embedding output and on the logits (tunable); the logits
+        are output_mult / m · W h.
+    output_alpha: the output multiplier in Tensor Programs V's width-explicit form, logits = output_alpha / width
+        · W h, i.e. output_mult = output_alpha / base_width; used when output_mult is None. A tied readout's logit
+        for the input token itself starts at about output_alpha · embedding std (W h then sums width aligned
+        products): fixed output_alpha keeps that the same whatever the base width, a fixed output_mult does not.
     readout_zero_init: zero the untied readout (mup's suggestion); the tied readout is the embedding.
     query_zero_init: zero the query projection, so attention starts uniform at every width.
     embedding_lr_mult: a factor on the learning rate of the token and position tables (and of the readout
@@ -195,10 +200,10 @@ class MaximalUpdateParametrization(Parametrization):
     name = "mup"
 
     def __init__(self, base_width: int = 256, attn_alpha: float | None = None, input_mult: float = 1.0,
-                 output_mult: float = 1.0, readout_zero_init: bool = False, query_zero_init: bool = False,
+                 output_mult: float | None = 1.0, readout_zero_init: bool = False, query_zero_init: bool = False,
                  embedding_lr_mult: float = 1.0, depth_alpha: float = 0.0, base_depth: int | None = None,
                  scale_eps: bool = True, hidden_init_scale: float | None = None,
-                 embedding_init_std: float | None = None) -> None:
+                 embedding_init_std: float | None = None, output_alpha: float | None = None) -> None:
         if not isinstance(base_width, int) or base_width <= 0:
             raise ValueError(f"parametrization.base_width must be a positive integer, got {base_width!r}")
         if not isinstance(depth_alpha, (int, float)) or not 0.0 <= depth_alpha <= 1.0:
@@ -210,6 +215,13 @@ class MaximalUpdateParametrization(Parametrization):
         if depth_alpha > 0 and base_depth is None:
             raise ValueError(f"parametrization.depth_alpha={depth_alpha:g} needs parametrization.base_depth (the "
                              f"donor's model.n_layer, where the depth rules are the identity)")
+        if output_mult is None:
+            if output_alpha is None:
+                raise ValueError("parametrization.output_mult and output_alpha are both null: set one (output_mult = "
+                                 "output_alpha / base_width)")
+            if output_alpha <= 0:
+                raise ValueError(f"parametrization.output_alpha must be positive, got {output_alpha}")
+            output_mult = output_alpha / base_width
         for key, value in (("input_mult", input_mult), ("output_mult", output_mult),
                            ("embedding_lr_mult", embedding_lr_mult)):
             if value <= 0:
@@ -265,9 +277,15 @@ class MaximalUpdateParametrization(Parametrization):
                              f"no depth rule in this project (CompleteP's is for entrywise-normalised and "
                              f"orthogonalised steps: {', '.join(DEPTH_FAMILIES)}); use depth_alpha=0")
 
-    @staticmethod
-    def check_run(model: GPTConfig, cfg: Any) -> None:
-        """µP runs every model and training option the project has (the optimizers refuse their own misfits)."""
+    def check_run(self, model: GPTConfig, cfg: Any) -> None:
+        """µP runs every model and training option the project has (the optimizers refuse their own misfits). With
+        its own init set for both the tables and the hidden matrices, a model.init_std other than GPT-2's would
+        reach no weight: refused rather than ignored."""
+        if (self.hidden_init_scale is not None and self.embedding_init_std is not None
+                and model.init_std != GPTConfig.init_std):
+            raise ValueError(f"model.init_std={model.init_std:g} reaches no weight under parametrization=mup's init "
+                             f"(hidden_init_scale={self.hidden_init_scale:g}, embedding_init_std="
+                             f"{self.embedding_init_std:g}): set those, or null them to use model.init_std")
 
     # ---------------------------------------------------------------- build
     def _with_multipliers(self, config: GPTConfig, width: int) -> GPTConfig:
