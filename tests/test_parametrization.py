@@ -409,3 +409,37 @@ def test_output_alpha_is_the_output_multiplier_over_the_base_width():
         mup(output_mult=None)
     with pytest.raises(ValueError, match="parametrization.output_alpha must be positive"):
         mup(output_mult=None, output_alpha=0.0)
+
+
+@pytest.mark.parametrize("base, width", [(64, 64), (64, 512), (128, 256)])
+def test_shipped_mup_defaults_set_the_measured_init_scales(make_cfg, base, width):
+    """conf/parametrization/mup.yaml as shipped: hidden matrices at 0.5/sqrt(width), the tables (and the tied
+    readout) at 0.08 at every width, logits = 128/width · W h; GPT-2's init and mup's multiplier stay reachable."""
+    from mugpt.recipe import Recipe
+
+    cfg = make_cfg("parametrization=mup", f"parametrization.base_width={base}", f"model.width={width}",
+                   "model.n_head=4")
+    torch.manual_seed(0)
+    model = Recipe.from_config(cfg.model, cfg.parametrization, cfg.optim, vocab_size=256).build_model()
+    b = model.blocks[0]
+    assert b.attn.qkv.weight.std().item() == pytest.approx(0.5 / math.sqrt(width), rel=0.03)
+    assert b.mlp.fc.weight.std().item() == pytest.approx(0.5 / math.sqrt(width), rel=0.03)
+    assert b.mlp.proj.weight.std().item() == pytest.approx(0.5 / math.sqrt(width) / math.sqrt(2 * 2), rel=0.03)
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.08, rel=0.05)
+    assert model.lm_head.input_scale() == pytest.approx(128 / width)
+    old = make_cfg("parametrization=mup", f"parametrization.base_width={base}", f"model.width={width}",
+                   "model.n_head=4", "parametrization.hidden_init_scale=null",
+                   "parametrization.embedding_init_std=null", "parametrization.output_mult=1")
+    model = Recipe.from_config(old.model, old.parametrization, old.optim, vocab_size=256).build_model()
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(0.02 * math.sqrt(base / width), rel=0.03)
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.lm_head.input_scale() == pytest.approx(base / width)
+
+
+def test_model_init_std_that_reaches_no_weight_is_refused(make_cfg):
+    from mugpt.errors import ConfigError
+    from mugpt.training import check_config
+
+    with pytest.raises(ConfigError, match="model.init_std=0.04 reaches no weight under parametrization=mup's init"):
+        check_config(make_cfg("parametrization=mup", "model.init_std=0.04"))
+    check_config(make_cfg("parametrization=mup", "model.init_std=0.04", "parametrization.hidden_init_scale=null"))
