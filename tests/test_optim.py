@@ -470,3 +470,31 @@ def test_adam_atan2_without_its_package_fails_in_one_line(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "adam_atan2_pytorch" else real(n, *a))
     with pytest.raises(ImportError, match="optim.name=adam_atan2: needs the adam-atan2-pytorch package"):
         check_optimizer(optim_cfg("adam_atan2"))
+
+
+def test_muon_matched_to_adamw_takes_adams_mup_rule():
+    """adjust_lr_fn=match_rms_adamw makes every entry of Muon's step ~0.2·lr at any width, as AdamW's: under µP
+    its family is Adam's, so the hidden matrices get lr/m and their step shrinks 4x from m = 1 to m = 4, while the
+    spectral rule (family muon) keeps lr. Groups built with Muon's own rule are refused."""
+    cfg = optim_cfg("muon", adjust_lr_fn="match_rms_adamw")
+    assert mup_family("muon", cfg) == "adam" and mup_family("muon") == "muon"
+    p = get_parametrization({"name": "mup", "base_width": 64})
+    rms = {}
+    for width in (64, 256):
+        torch.manual_seed(0)
+        model = p.build_model(tiny(width))
+        groups = p.param_groups(model, cfg.lr, 0.0, family=mup_family("muon", cfg))
+        hidden = [g for g in groups if g["kind"] == "hidden"]
+        assert all(g["lr"] == pytest.approx(cfg.lr * 64 / width) for g in hidden)
+        opt = build_optimizer(groups, cfg)
+        weight = model.blocks[0].attn.qkv.weight
+        before = weight.detach().clone()
+        for q in model.parameters():
+            q.grad = torch.randn_like(q)
+        opt.step()
+        rms[width] = (weight.detach() - before).pow(2).mean().sqrt().item()
+    assert rms[64] == pytest.approx(0.2 * cfg.lr, rel=0.35)
+    assert rms[256] / rms[64] == pytest.approx(0.25, rel=0.2)
+    model = p.build_model(tiny(256))
+    with pytest.raises(ValueError, match="match_rms_adamw grows Muon's step like sqrt\\(width\\)"):
+        build_optimizer(p.param_groups(model, cfg.lr, 0.0, family="muon"), cfg)

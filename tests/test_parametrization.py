@@ -196,10 +196,13 @@ def test_every_optimizer_declares_a_family_with_a_mup_rule():
     from mugpt.optim import OPTIMIZERS
     from mugpt.parametrization import MUP_FAMILIES
 
-    assert {name: spec.mup_family for name, spec in OPTIMIZERS.items()} == {
+    from mugpt.optim import mup_family
+
+    assert {name: mup_family(name) for name in OPTIMIZERS} == {
         "adamw": "adam", "adam": "adam", "sgd": "sgd", "adagrad": "adam", "rmsprop": "adam", "adafactor": "adam",
         "adam8bit": "adam", "muon": "muon", "adam_atan2": "adam"}
-    assert set(MUP_FAMILIES) == {spec.mup_family for spec in OPTIMIZERS.values()}
+    assert mup_family("muon", {"adjust_lr_fn": "match_rms_adamw"}) == "adam"  # Muon's step RMS-matched to AdamW
+    assert set(MUP_FAMILIES) == {mup_family(name) for name in OPTIMIZERS}
 
 
 @pytest.mark.parametrize("options, match", [

@@ -106,7 +106,7 @@ class MuonConfig(AdamWConfig):
     momentum: float = 0.95
     nesterov: bool = True
     ns_steps: int = 5  # Newton-Schulz iterations
-    adjust_lr_fn: str = "original"  # original | spectral_unclamped | match_rms_adamw (SP only)
+    adjust_lr_fn: str = "original"  # original | spectral_unclamped | match_rms_adamw (Moonshot: 0.2·sqrt(max fan); under µP it takes Adam's rule, hidden lr/m)
 
 
 @dataclass

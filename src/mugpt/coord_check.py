@@ -285,7 +285,7 @@ def plan_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Ma
 
 def plan_depth_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Mapping[str, Any],
                       depths: Sequence[Any], steps: int, vocab_size: int,
-                      optim_name: str | None = None) -> tuple[list[GPTConfig], dict[str, dict]]:
+                      optim: Any = None) -> tuple[list[GPTConfig], dict[str, dict]]:
     """Each depth's model config (sorted by depth, all at model_cfg's width) and each parametrization's options,
     all checked: a depth or option that cannot run is refused before any model trains.
 
@@ -310,8 +310,8 @@ def plan_depth_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_c
         cls = parametrization_class(options["name"])
         options = cls.options_for_depths(cls.options_for_widths(dict(options), [width]), depths)
         rule = get_parametrization(options)  # refuses a bad option before any model trains
-        if optim_name is not None:
-            rule.check_family(mup_family(optim_name))  # e.g. SGD has no depth rule
+        if optim is not None:
+            rule.check_family(mup_family(optim.name, optim))  # e.g. SGD has no depth rule
         plans[label] = options
     return configs, plans
 
@@ -336,7 +336,7 @@ def check_coord_check(cfg: Any) -> None:
     if check_axis(cfg) == "depth":
         plan_depth_traces(OmegaConf.to_container(cfg.depth_parametrizations, resolve=True),
                           OmegaConf.to_container(cfg.model, resolve=True), depth_list(cfg), int(cfg.steps),
-                          vocab_size=1, optim_name=cfg.optim.name)
+                          vocab_size=1, optim=cfg.optim)
         return
     plan_traces(OmegaConf.to_container(cfg.parametrizations, resolve=True),
                 OmegaConf.to_container(cfg.model, resolve=True), list(cfg.widths), int(cfg.steps), vocab_size=1)
@@ -380,7 +380,7 @@ def run_depth_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cf
     """The depth sweep, as CSV rows (dicts with DEPTH_CSV_COLUMNS): one per parametrization, depth, step, module
     kind (aggregate_by_kind) and seed, with the activation's mean |x| and its update's mean |x_t - x_0|."""
     configs, plans = plan_depth_traces(parametrizations, model_cfg, depths, steps, vocab_size,
-                                       optim_name=optim_cfg.name)
+                                       optim=optim_cfg)
     probe_x, train_batches = shared_batches(tokens, steps, batch_size, configs[0].block_size, data_seed)
     rows = []
     for label, options in plans.items():

@@ -145,16 +145,17 @@ Factory = Callable[[list[dict], Any, bool], Optimizer]
 @dataclass(frozen=True)
 class OptimizerSpec:
     """An optimizer of the zoo: its factory (groups, optim config, on_cuda) and the µP family whose learning-rate
-    rule applies to it ("adam": entrywise-normalised steps; "sgd"; "muon": orthogonalised hidden steps)."""
+    rule applies to it ("adam": entrywise-normalised steps; "sgd"; "muon": orthogonalised hidden steps), or a
+    function of the optim config giving it, for an optimizer whose options change what its step is."""
 
     factory: Factory
-    mup_family: str
+    mup_family: str | Callable[[Any], str]
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
 
 
-def optimizer(name: str, mup_family: str) -> Callable[[Factory], Factory]:
+def optimizer(name: str, mup_family: str | Callable[[Any], str]) -> Callable[[Factory], Factory]:
     """Register a factory as optim.name=`name`. A new optimizer is this decorator and a conf/optim/ file."""
 
     def register(factory: Factory) -> Factory:
@@ -164,11 +165,13 @@ def optimizer(name: str, mup_family: str) -> Callable[[Factory], Factory]:
     return register
 
 
-def mup_family(name: str) -> str:
-    """The µP family of optim.name=`name` (one-line error for an unknown optimizer)."""
+def mup_family(name: str, options: Any = None) -> str:
+    """The µP family of optim.name=`name` with the optim config `options` (its defaults when None; one-line error
+    for an unknown optimizer)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name: unknown optimizer '{name}' (choose one of {', '.join(OPTIMIZERS)})")
-    return OPTIMIZERS[name].mup_family
+    family = OPTIMIZERS[name].mup_family
+    return family(options or {}) if callable(family) else family
 
 
 @optimizer("adamw", mup_family="adam")
@@ -287,8 +290,9 @@ def _check_adam8bit(on_cuda: bool) -> tuple[str, type]:
 # keeps its aspect ratio as width grows, so the update already has the Θ(1) spectral norm µP asks of hidden
 # weights (the spectral condition of Yang, Simon & Bernstein, 2023): µP's 1/m must NOT be applied on top
 # (lr_multiplier gives Muon's hidden matrices 1). Embeddings, the readout, norms and biases go to AdamW, whose
-# µP rule for them is 1 as well. adjust_lr_fn=match_rms_adamw scales by 0.2·sqrt(max(fan_in, fan_out)), which
-# grows with width, so it is refused under µP.
+# µP rule for them is 1 as well. adjust_lr_fn=match_rms_adamw (Moonshot's rule) scales by 0.2·sqrt(max(fan_in,
+# fan_out)) instead: each entry of the step is then ~0.2·lr whatever the width, as AdamW's is, so it takes the Adam
+# family's µP rule (hidden matrices lr/m), not Muon's.
 def split_for_muon(groups: list[dict], adamw_lr_ratio: float) -> tuple[list[dict], list[dict]]:
     """Muon takes the groups of kind `hidden` (2-D matrices both of whose dimensions grow with width), AdamW the
     rest (embeddings, readout, vectors), each group with every option it had (lr, weight_decay, µP's lr_mult); the
@@ -350,11 +354,17 @@ class MuonWithAdamW(Optimizer):
         return loss
 
 
-@optimizer("muon", mup_family="muon")
+def _muon_family(options: Any) -> str:
+    """Muon's spectral steps take Muon's µP rule; RMS-matched to AdamW, its steps are entrywise like Adam's."""
+    return "adam" if options.get("adjust_lr_fn") == "match_rms_adamw" else "muon"
+
+
+@optimizer("muon", mup_family=_muon_family)
 def _muon(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
-    if cfg.adjust_lr_fn == "match_rms_adamw" and _under_mup(groups):
-        raise ValueError("optim.adjust_lr_fn=match_rms_adamw grows Muon's step like sqrt(width), which breaks µP: "
-                         "use original or spectral_unclamped with parametrization=mup")
+    if (cfg.adjust_lr_fn == "match_rms_adamw" and _under_mup(groups)
+            and any(g.get("mup_family") != "adam" for g in groups if g.get("kind") == "hidden")):
+        raise ValueError("optim.adjust_lr_fn=match_rms_adamw grows Muon's step like sqrt(width): under µP its hidden "
+                         "matrices need the Adam family's lr/m (build the groups with mup_family('muon', optim))")
     muon_groups, adamw_groups = split_for_muon(groups, cfg.adamw_lr / cfg.lr)
     muon_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=bool(cfg.nesterov), ns_steps=cfg.ns_steps,
                        adjust_lr_fn=cfg.adjust_lr_fn)

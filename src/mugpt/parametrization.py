@@ -413,6 +413,7 @@ class MaximalUpdateParametrization(Parametrization):
             group = _group(groups, (kind, mult, decay, eps_mult), kind=kind, decay=decay, lr=lr, mult=mult,
                            weight_decay=weight_decay / mult, parametrization=self.name)
             group["eps_mult"] = eps_mult
+            group["mup_family"] = family  # whose rule set lr_mult (Muon's options check it)
             group["params"].append(p)
             group["param_names"].append(name)
         return list(groups.values())

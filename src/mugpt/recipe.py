@@ -77,7 +77,8 @@ class Recipe:
 
     def param_groups(self, model: torch.nn.Module) -> list[dict]:
         """The parametrization's groups (kind, lr, decay) for this optimizer's µP family."""
-        return self.rule.param_groups(model, self.lr, self.optim.weight_decay, family=mup_family(self.optim.name))
+        return self.rule.param_groups(model, self.lr, self.optim.weight_decay,
+                                      family=mup_family(self.optim.name, self.optim))
 
     def build_optimizer(self, model: torch.nn.Module, max_steps: int,
                         on_cuda: bool | None = None) -> tuple[Optimizer, LRScheduler]:

@@ -192,7 +192,7 @@ def check_config(cfg: DictConfig) -> tuple[int, int]:
         model = GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": 1})  # vocab: later
         check_kernels(cfg, model)
         rule = get_parametrization(OmegaConf.to_container(cfg.parametrization, resolve=True))
-        rule.check_family(mup_family(cfg.optim.name))
+        rule.check_family(mup_family(cfg.optim.name, cfg.optim))
         rule.check_run(model, cfg)  # model and training options the parametrization cannot run
         processes = world_size(cfg.trainer)
         return processes, accumulation_steps(cfg, processes)
