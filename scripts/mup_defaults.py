@@ -1,11 +1,11 @@
-"""Where µP's default init and output multiplier come from: `python scripts/mup_defaults.py NAME=SWEEP_DIR[,SWEEP_DIR...]
-[NAME=...] --default EMBEDDING_STD,C,OUTPUT_MULT [--out DIR]`.
+"""Where µP's default init and output multiplier come from:
+`python scripts/mup_defaults.py NAME=SWEEP_DIR[,SWEEP_DIR...] [NAME=...] --default EMB_STD,C,OUTPUT_MULT [--out DIR]`.
 
 Each NAME's sweep directories hold one donor setting's grid (parametrization=mup at its base width, over
-parametrization.embedding_init_std × hidden_init_scale × output_mult × lr, any number of seeds; runs with a key
-null take model.init_std's value for it). Prints, per setting, the best loss over the learning rates at each
-combination, and how far the candidate default
-is from each setting's own optimum; writes defaults.csv (every run) and defaults.json (the summary) to --out.
+parametrization.embedding_init_std × hidden_init_scale × output_mult × lr, any number of seeds; a key left null
+counts as what the run used instead: model.init_std, output_alpha / base_width). Prints, per setting, the best
+loss over the learning rates at each combination, and how far the candidate default is from each setting's own
+optimum; writes defaults.csv (every run) and defaults.json (the summary) to --out.
 """
 
 import argparse
@@ -33,15 +33,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("settings", nargs="+", metavar="NAME=SWEEP_DIR[,SWEEP_DIR...]",
                         help="one donor setting's grid (in one or several multirun directories)")
-    parser.add_argument("--default", required=True, help="the candidate default: embedding_init_std,hidden_init_scale,output_mult")
+    parser.add_argument("--default", required=True,
+                        help="the candidate default: embedding_init_std,hidden_init_scale,output_mult")
     parser.add_argument("--out", default=None, help="write defaults.csv and defaults.json here")
     args = parser.parse_args(argv)
     try:
         default = tuple(float(x) for x in args.default.split(","))
     except ValueError:
-        parser.error(f"--default: expected three numbers 'embedding_init_std,hidden_init_scale,output_mult', got {args.default!r}")
+        parser.error(f"--default: expected three numbers 'embedding_init_std,hidden_init_scale,output_mult', "
+                     f"got {args.default!r}")
     if len(default) != len(INIT_KEYS):
-        parser.error(f"--default: expected three numbers 'embedding_init_std,hidden_init_scale,output_mult', got {args.default!r}")
+        parser.error(f"--default: expected three numbers 'embedding_init_std,hidden_init_scale,output_mult', "
+                     f"got {args.default!r}")
     settings, every = {}, []
     for item in args.settings:
         name, sep, folders = item.partition("=")

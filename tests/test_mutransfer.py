@@ -510,8 +510,9 @@ def test_defaults_report_finds_each_settings_optimum_and_the_defaults_gap(tmp_pa
                     value = loss(setting, emb if emb else 0.02, c if c else 0.16, mult or 1, e) + 0.01 * seed
                     diverged = setting == "a" and mult == 4 and e == -6 and seed == 2
                     config = {"model": {"init_std": 0.02, "width": 64}, "seed": seed,
-                              "parametrization": {"name": "mup", "base_width": 64, "embedding_init_std": emb, "output_alpha": 64.0,
-                                                  "hidden_init_scale": c, "output_mult": mult}}
+                              "parametrization": {"name": "mup", "base_width": 64, "embedding_init_std": emb,
+                                                  "output_alpha": 64.0, "hidden_init_scale": c,
+                                                  "output_mult": mult}}
                     write_run(tmp_path / setting / str(n), {"parametrization": "mup", "width": 64, "lr": 2.0 ** e,
                               "seed": seed, "val_loss": 9.0 if diverged else value,
                               "status": "diverged" if diverged else "completed"}, config)

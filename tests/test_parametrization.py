@@ -193,10 +193,8 @@ def test_optimizer_family_without_mup_rule_is_rejected():
 
 
 def test_every_optimizer_declares_a_family_with_a_mup_rule():
-    from mugpt.optim import OPTIMIZERS
+    from mugpt.optim import OPTIMIZERS, mup_family
     from mugpt.parametrization import MUP_FAMILIES
-
-    from mugpt.optim import mup_family
 
     assert {name: mup_family(name) for name in OPTIMIZERS} == {
         "adamw": "adam", "adam": "adam", "sgd": "sgd", "adagrad": "adam", "rmsprop": "adam", "adafactor": "adam",

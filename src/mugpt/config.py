@@ -106,7 +106,8 @@ class MuonConfig(AdamWConfig):
     momentum: float = 0.95
     nesterov: bool = True
     ns_steps: int = 5  # Newton-Schulz iterations
-    adjust_lr_fn: str = "original"  # original | spectral_unclamped | match_rms_adamw (Moonshot: 0.2·sqrt(max fan); under µP it takes Adam's rule, hidden lr/m)
+    # original | spectral_unclamped | match_rms_adamw (Moonshot's 0.2·sqrt(max fan); under µP Adam's rule: hidden lr/m)
+    adjust_lr_fn: str = "original"
 
 
 @dataclass
