@@ -444,3 +444,5 @@ def test_model_init_std_that_reaches_no_weight_is_refused(make_cfg):
     with pytest.raises(ConfigError, match="model.init_std=0.04 reaches no weight under parametrization=mup's init"):
         check_config(make_cfg("parametrization=mup", "model.init_std=0.04"))
     check_config(make_cfg("parametrization=mup", "model.init_std=0.04", "parametrization.hidden_init_scale=null"))
+    with pytest.raises(ConfigError, match="model.hidden_init_std=0.01 and parametrization.hidden_init_scale=0.5"):
+        check_config(make_cfg("parametrization=mup", "model.hidden_init_std=0.01"))

@@ -280,7 +280,9 @@ class MaximalUpdateParametrization(Parametrization):
     def check_run(self, model: GPTConfig, cfg: Any) -> None:
         """µP runs every model and training option the project has (the optimizers refuse their own misfits). With
         its own init set for both the tables and the hidden matrices, a model.init_std other than GPT-2's would
-        reach no weight: refused rather than ignored."""
+        reach no weight: refused rather than ignored, as is a second hidden init (model.hidden_init_std)."""
+        if self.hidden_init_scale is not None and model.hidden_init_std is not None:
+            self.base_init_std(model)  # raises: the two would set the same weights
         if (self.hidden_init_scale is not None and self.embedding_init_std is not None
                 and model.init_std != GPTConfig.init_std):
             raise ValueError(f"model.init_std={model.init_std:g} reaches no weight under parametrization=mup's init "
