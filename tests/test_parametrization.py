@@ -446,3 +446,24 @@ def test_model_init_std_that_reaches_no_weight_is_refused(make_cfg):
     check_config(make_cfg("parametrization=mup", "model.init_std=0.04", "parametrization.hidden_init_scale=null"))
     with pytest.raises(ConfigError, match="model.hidden_init_std=0.01 and parametrization.hidden_init_scale=0.5"):
         check_config(make_cfg("parametrization=mup", "model.hidden_init_std=0.01"))
+
+
+def test_output_alpha_keeps_the_initial_loss_across_base_widths():
+    """Why output_alpha: a tied readout scores each position's own input token by ~output_mult · embedding std ·
+    base_width at init (W h sums width aligned products), so a fixed output_mult starts ever higher as the base
+    width grows, while output_alpha / base_width keeps the initial loss near ln(vocab) at every base width."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (8, 32))
+    y = torch.randint(0, 256, (8, 32))
+    losses = {}
+    for base in (64, 512):
+        for rule, options in (("mult", {"output_mult": 2.0}), ("alpha", {"output_mult": None, "output_alpha": 128.0})):
+            torch.manual_seed(1)
+            p = get_parametrization({"name": "mup", "base_width": base, "hidden_init_scale": 0.5,
+                                     "embedding_init_std": 0.08, **options})
+            with torch.no_grad():
+                losses[rule, base] = p.build_model(config(base))(x, y)[1].item()
+    assert losses["alpha", 64] == pytest.approx(losses["mult", 64])  # the same model at base width 64
+    assert abs(losses["alpha", 512] - losses["alpha", 64]) < 1.0
+    assert losses["alpha", 512] < math.log(256) + 1.5
+    assert losses["mult", 512] > losses["mult", 64] + 10.0
