@@ -92,11 +92,12 @@ def test_optuna_mup_searches_the_learning_rate_and_mup_multipliers(compose_with_
     assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs, sweeper.sampler.seed) == ("minimize", 40, 1, 0)
     assert search_space(sweeper) == {
         "optim.lr": LogUniformDistribution(1e-4, 1e-1),
-        "parametrization.output_mult": LogUniformDistribution(0.125, 8.0),
-        "parametrization.input_mult": LogUniformDistribution(0.125, 8.0),
-        "parametrization.embedding_lr_mult": LogUniformDistribution(0.125, 8.0),
+        "parametrization.output_alpha": LogUniformDistribution(16.0, 1024.0),
+        "parametrization.hidden_init_scale": LogUniformDistribution(0.125, 2.0),
+        "parametrization.embedding_init_std": LogUniformDistribution(0.01, 0.32),
     }
-    assert [OmegaConf.select(cfg, key) for key in sweeper.params] == [3e-3, 1.0, 1.0, 1.0]  # the defaults it replaces
+    # the defaults it replaces
+    assert [OmegaConf.select(cfg, key) for key in sweeper.params] == [3e-3, 128.0, 0.5, 0.08]
 
 
 def test_the_seeded_sampler_gives_way_to_other_samplers(compose_with_hydra):
