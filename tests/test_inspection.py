@@ -81,10 +81,11 @@ def test_loaded_model_reproduces_the_logged_validation_loss(request, which):
 
 
 def test_mup_readout_multiplier_is_in_the_sampled_logits(mup_run):
-    """logits = (output_mult / width_mult) · h Wᵀ with width_mult = 64/32 = 2, in the forward generate() calls."""
+    """logits = (output_mult / width_mult) · h Wᵀ with width_mult = 64/32 = 2 and output_mult = output_alpha /
+    base_width = 128/32 = 4 (µP's defaults), in the forward generate() calls."""
     run = load_run(mup_run[0], "cpu")
     model = run.model
-    assert model.lm_head.width_mult() == 2.0
+    assert model.lm_head.width_mult() == 2.0 and model.lm_head.output_mult == 4.0
     idx = torch.tensor([run.tokenizer.encode("ROMEO:\nWhat light")])
     with torch.no_grad():
         h = (model.tok_emb(idx) + model.pos_emb(torch.arange(idx.size(1)))) * model.config.embed_mult
@@ -92,7 +93,7 @@ def test_mup_readout_multiplier_is_in_the_sampled_logits(mup_run):
             h = block(h)
         unscaled = model.ln_f(h) @ model.tok_emb.weight.T
         logits, _ = model(idx)
-    assert torch.allclose(logits, unscaled * (1.0 / 2.0), atol=1e-5)
+    assert torch.allclose(logits, unscaled * (4.0 / 2.0), atol=1e-5)
     assert not torch.allclose(logits, unscaled, atol=1e-2)  # the multiplier matters at this width
     # generate() samples from exactly these logits: greedy picks their argmax, and temperature 1 draws
     # with the probabilities softmax(logits), not softmax(unscaled)
