@@ -496,8 +496,9 @@ def test_depth_transfer_composes_for_both_parametrizations(tmp_path, cache_dir):
 def test_defaults_report_finds_each_settings_optimum_and_the_defaults_gap(tmp_path, capsys):
     """Two donor grids (embedding std × init scale × output multiplier × lr, two seeds): the report takes the
     seed-mean loss at each lr, the best lr per combination, a diverged seed makes its lr unusable, a run with the
-    keys null counts as model.init_std's init (c = init_std · sqrt(base_width)), and the default's gap to each
-    setting's optimum is the difference of the two best losses."""
+    keys null counts as model.init_std's init (c = init_std · sqrt(base_width)) and its output_alpha, the output
+    multiplier is compared as output_alpha = output_mult · base_width, and the default's gap to each setting's
+    optimum is the difference of the two best losses."""
     def loss(setting, emb, c, mult, e):  # optimum (0.08, 0.5, 2) at 2^-6 in "a", (0.08, 0.5, 4) at 2^-7 in "b"
         best_mult, best_lr = (2, -6) if setting == "a" else (4, -7)
         return 2.0 + abs(emb - 0.08) + abs(c - 0.5) + 0.01 * abs(mult - best_mult) + 0.1 * (e - best_lr) ** 2
@@ -519,14 +520,13 @@ def test_defaults_report_finds_each_settings_optimum_and_the_defaults_gap(tmp_pa
                     n += 1
     script = load_script("mup_defaults")
     out = tmp_path / "report"
-    assert script.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--default", "0.08,0.5,2",
+    assert script.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--default", "0.08,0.5,128",
                         "--out", str(out)]) == 0
     summary = json.loads((out / "defaults.json").read_text())
     a, b = summary["settings"]
-    assert a["best"] == {"parametrization.embedding_init_std": 0.08, "parametrization.hidden_init_scale": 0.5,
-                         "parametrization.output_mult": 2.0}
+    assert a["best"] == {"embedding_init_std": 0.08, "hidden_init_scale": 0.5, "output_alpha": 128.0}
     assert a["best_log2_lr"] == -6 and a["best_loss"] == pytest.approx(2.015) and a["gap"] == 0.0
-    assert b["best"]["parametrization.output_mult"] == 4.0 and b["best_log2_lr"] == -7
+    assert b["best"]["output_alpha"] == 256.0 and b["best_log2_lr"] == -7
     assert b["gap"] == pytest.approx(0.02)  # 0.01 · |2 - 4|
     text = capsys.readouterr().out
     assert "0.02 0.16" in text  # the null run, as model.init_std's init: c = 0.02 · 8

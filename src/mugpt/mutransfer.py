@@ -839,10 +839,7 @@ def format_pipeline(result: Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- µP's defaults
-INIT_KEYS = ("parametrization.embedding_init_std", "parametrization.hidden_init_scale", "parametrization.output_mult")
-
-
-def grid_optima(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = INIT_KEYS) -> dict[tuple, dict[str, Any]]:
+def grid_optima(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[tuple, dict[str, Any]]:
     """For each combination of `keys` (over one donor's runs): the best seed-mean loss over the learning rates
     tried, and the log2 lr that reached it. A diverged or failed run counts as no loss (inf)."""
     losses: dict[tuple, dict[float, list[float]]] = {}
@@ -868,7 +865,7 @@ def _cell(optimum: Mapping[str, Any] | None) -> str:
 
 
 def defaults_table(settings: Mapping[str, Sequence[Mapping[str, Any]]], default: Sequence[Any],
-                   keys: Sequence[str] = INIT_KEYS) -> tuple[list[dict[str, Any]], str]:
+                   keys: Sequence[str]) -> tuple[list[dict[str, Any]], str]:
     """How far a candidate default (one value per key) is from each setting's own optimum over its grid, the
     learning rate tuned in both: one row per setting, and the text of a table per setting (the best loss over the
     learning rates at each combination: the last key across, the others down) with that summary."""
