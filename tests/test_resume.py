@@ -175,3 +175,18 @@ def test_checkpoint_older_than_an_option_resumes_only_as_it_was_trained(tmp_path
     with pytest.raises(ValueError, match="predates parametrization.scale_eps and was trained as parametrization."
                                          "scale_eps=False; this run has parametrization.scale_eps=True"):
         check_compatible(ckpt, {**same, "parametrization": {**same["parametrization"], "scale_eps": True}})
+    # µP's defaults of 2026-11-30 (own init, output_alpha): an older µP checkpoint resumes with GPT-2's init and
+    # its output_mult given (output_alpha then shapes nothing), and is refused with the new defaults
+    old_mup = {"model": {**same["model"]}, "parametrization": {**old["parametrization"], "output_mult": 1.0}}
+    torch.save({"state_dict": {}, "hyper_parameters": old_mup}, ckpt)
+    gpt2_init = {"hidden_init_scale": None, "embedding_init_std": None, "output_alpha": 128.0}
+    now = {"model": {**same["model"], "hidden_init_std": None},
+           "parametrization": {**same["parametrization"], "output_mult": 1.0, **gpt2_init}}
+    check_compatible(ckpt, now)
+    with pytest.raises(ValueError, match="predates parametrization.hidden_init_scale and was trained as "
+                                         "parametrization.hidden_init_scale=None; this run has "
+                                         "parametrization.hidden_init_scale=0.5"):
+        check_compatible(ckpt, {**now, "parametrization": {**now["parametrization"], "hidden_init_scale": 0.5}})
+    with pytest.raises(ValueError, match="trained with parametrization.output_alpha=None, this run has "
+                                         "parametrization.output_alpha=128.0"):
+        check_compatible(ckpt, {**now, "parametrization": {**now["parametrization"], "output_mult": None}})

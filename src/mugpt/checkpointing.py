@@ -199,11 +199,18 @@ def saved_hparams(ckpt: Path) -> dict:
     return checkpoint.get("hyper_parameters", {})
 
 
+def _effective(options: dict) -> dict:
+    """The options that shape the model: µP's output_alpha only counts where output_mult is null."""
+    if options.get("output_mult") is not None:
+        return {k: v for k, v in options.items() if k != "output_alpha"}
+    return options
+
+
 def check_compatible(ckpt: Path, hparams: dict) -> None:
     """A checkpoint of another model shape or another µP setup cannot be resumed: say which option differs."""
     saved = saved_hparams(ckpt)
     for section in ("model", "parametrization"):
-        old, new = saved.get(section, {}), hparams.get(section, {})
+        old, new = _effective(saved.get(section, {})), _effective(hparams.get(section, {}))
         for key in sorted((set(old) | set(new)) - RUNTIME_ONLY):
             if key not in old and key in ADDED_OPTIONS and new.get(key) == ADDED_OPTIONS[key]:
                 continue
