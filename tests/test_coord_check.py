@@ -122,12 +122,27 @@ def compose_coord_check(*overrides: str):
     return cfg
 
 
-@pytest.fixture(scope="module")
-def depth_result(tmp_path_factory):
+# GPT-2's init for both depth parametrizations: with it the blocks are a small part of the stream at init, so the
+# depth rules' own effects show alone (µP's defaults, below, make the blocks a visible part of it).
+GPT2_INIT = [f"depth_parametrizations.{p}.{option}" for p in ("mup_alpha0", "completep")
+             for option in ("hidden_init_scale=null", "embedding_init_std=null", "output_mult=1")]
+
+
+def _depth_check(tmp_path_factory, *overrides):
     out = tmp_path_factory.mktemp("coord_check_depth")
     cfg = compose_coord_check("axis=depth", f"depths={DEPTHS}", "seeds=[0]", "steps=3", "model.width=32",
-                              "model.block_size=16", f"output_dir={out}")
+                              "model.block_size=16", f"output_dir={out}", *overrides)
     return run_coord_check(cfg, tokens=load_tokens("byte"))
+
+
+@pytest.fixture(scope="module")
+def depth_result(tmp_path_factory):
+    return _depth_check(tmp_path_factory, *GPT2_INIT)
+
+
+@pytest.fixture(scope="module")
+def depth_result_defaults(tmp_path_factory):
+    return _depth_check(tmp_path_factory)
 
 
 def depth_slopes(result, parametrization: str, quantity: str, step: int) -> dict[str, float]:
@@ -189,6 +204,23 @@ def test_completep_updates_are_flat_in_depth_and_width_only_mup_updates_grow(dep
         # measured: α = 0 +0.67 and +0.69; α = 1 -0.16 and -0.11 (steps 1 and 2); over seeds 0-2 ± 0.14
         assert alpha0["residual_last"] > 0.45, (step, alpha0)
         assert abs(alpha1["residual_last"]) < 0.3, (step, alpha1)
+
+
+def test_with_mups_defaults_completep_keeps_updates_flat_but_its_stream_starts_smaller_when_deeper(
+        depth_result_defaults):
+    """With µP's shipped init (σ 0.5/sqrt(width), 3-4x GPT-2's at this width) the blocks are a visible part of the
+    stream at init, so CompleteP's 1/L branch multiplier makes a deeper model's stream start smaller (L
+    uncorrelated branches, each × 1/L: ~L^-1/2 together), while width-only µP's stays flat. The update rules
+    still do their job: α = 0's stream update grows with depth, CompleteP's does not."""
+    init0, init1 = (depth_slopes(depth_result_defaults, p, "l1", 0) for p in ("mup_alpha0", "completep"))
+    # measured (width 32, depths 1-4, seed 0): α = 0 residual_last -0.03; CompleteP -0.35 (block mean -0.42)
+    assert abs(init0["residual_last"]) < 0.15 and init1["residual_last"] < -0.2
+    for step in (1, 2):
+        alpha0, alpha1 = (depth_slopes(depth_result_defaults, p, "update_l1", step)
+                          for p in ("mup_alpha0", "completep"))
+        # measured: α = 0 +0.47 and +0.52; CompleteP -0.23 and -0.19
+        assert alpha0["residual_last"] > 0.3 and abs(alpha1["residual_last"]) < 0.3, (step, alpha0, alpha1)
+        assert alpha0["residual_last"] - alpha1["residual_last"] > 0.5
 
 
 def test_aggregate_by_kind_averages_blocks_and_keeps_the_last_residual():
