@@ -9,13 +9,8 @@
 # compile=max-autotune-no-cudagraphs and with coordinate-descent tuning (a second call). Each run's summary.json (tokens/s, peak memory, logits memory) and log go
 # into one tarball. MFU is read from the logs' perf/mfu against the card's peak (mugpt.callbacks.PEAK_FLOPS).
 # DRY=1 prints the commands instead of running them (how it was checked on a CPU).
-set -uo pipefail
-OUT=${OUT:-/tmp/mfu_out}
-RES=$(mktemp -d)
-run() { echo "+ $*"; if [ "${DRY:-0}" != 1 ]; then "$@"; fi; }
-if [ -d wheels ]; then run pip install --no-index --find-links wheels liger-kernel; fi
-run pip install -e . --no-deps -q
-nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv > "$RES/gpu.csv" 2>&1 || true
+WHEELS="liger-kernel"
+source "$(dirname "$0")/common.sh" mfu
 run timeout 120 python -m pytest -q -m gpu tests/test_loss_impl.py -p no:cacheprovider 2>&1 | tee "$RES/pytest_gpu.log"
 COMMON=(model=gpt2 precision=bf16-mixed compile=default trainer.max_steps=60 eval_every=60 logger=csv
         checkpoint.every_n_steps=0 trainer.log_every_n_steps=10 data.val_batches=2)
@@ -36,4 +31,4 @@ for row in "${ROWS[@]}"; do
   run timeout 150 python src/train.py "${COMMON[@]}" $extra "hydra.run.dir=$RES/$name" > "$RES/$name.log" 2>&1
   echo "$name rc=$?" >> "$RES/rows.txt"
 done
-mkdir -p "$OUT" && tar czf "$OUT/mfu.tar.gz" -C "$RES" . && echo "results: $OUT/mfu.tar.gz"
+pack

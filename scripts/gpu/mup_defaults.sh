@@ -7,12 +7,7 @@
 #    is wider better, and does the donor's best lr stay the best at 2048?
 # 2. SP tuned at 2048: init std 0.01 / 0.02 × lr 2^-13..2^-11 (seed 0), the fair comparison for the µP target.
 # Everything comes back as $OUT/mup_defaults.tar.gz. DRY=1 prints the commands instead.
-set -uo pipefail
-OUT=${OUT:-/tmp/mup_defaults_out}
-RES=$(mktemp -d)
-run() { echo "+ $*"; if [ "${DRY:-0}" != 1 ]; then "$@"; fi; }
-run pip install -e . --no-deps -q
-nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv > "$RES/gpu.csv" 2>&1 || true
+source "$(dirname "$0")/common.sh" mup_defaults
 COMMON=(logger=none checkpoint.every_n_steps=0)
 run timeout 330 python src/train.py -m +experiment=mutransfer_gpu parametrization=mup model.width=256,512,1024,2048 \
   "lr_log2=range(-10,-6)" seed=0,1,2 "${COMMON[@]}" "hydra.sweep.dir=$RES/mup" > "$RES/mup.log" 2>&1
@@ -22,5 +17,4 @@ run timeout 150 python src/train.py -m +experiment=mutransfer_gpu parametrizatio
 echo "sp rc=$?" >> "$RES/rc.txt"
 run python scripts/mutransfer_report.py "$RES/mup" "$RES/sp" --out "$RES/report" --keys model.init_std \
   > "$RES/report.txt" 2>&1
-find "$RES" -name "*.ckpt" -delete
-mkdir -p "$OUT" && tar czf "$OUT/mup_defaults.tar.gz" -C "$RES" . && echo "results: $OUT/mup_defaults.tar.gz"
+pack
