@@ -850,7 +850,7 @@ def grid_optima(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[
     for combo, by_lr in losses.items():
         curve = {lr: sum(v) / len(v) for lr, v in by_lr.items()}
         lr = min(curve, key=curve.get)
-        optima[combo] = {"loss": curve[lr], "log2_lr": lr, "lrs": sorted(curve), "seeds": max(map(len, by_lr.values()))}
+        optima[combo] = {"loss": curve[lr], "log2_lr": lr}
     return optima
 
 
