@@ -510,3 +510,22 @@ def test_pow2_resolves_once_registered_and_nothing_registers_it_on_import(tmp_pa
         GlobalHydra.instance().clear()
     probe = "import mugpt.training; from omegaconf import OmegaConf; print(OmegaConf.has_resolver('pow2'))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def test_pow2_takes_an_exponent_offset_so_a_second_lr_follows_the_swept_one(tmp_path):
+    """Muon's AdamW part in a transfer sweep: `optim.adamw_lr='${pow2:${lr_log2},-3}'` stays lr/8 at every lr (quoted:
+    Hydra's override grammar reads an unquoted comma as a sweep)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            for lr_log2 in (-7, -4.5):
+                cfg = compose("config", overrides=["+experiment=mutransfer_lr", "optim=muon", f"lr_log2={lr_log2}",
+                                                   "optim.adamw_lr='${pow2:${lr_log2},-3}'", f"output_dir={tmp_path}"])
+                assert cfg.optim.lr == 2.0 ** lr_log2
+                assert cfg.optim.adamw_lr == 2.0 ** (lr_log2 - 3)
+    finally:
+        GlobalHydra.instance().clear()

@@ -164,8 +164,11 @@ def register_configs() -> None:
     """Put the schemas into Hydra's ConfigStore and the resolvers into OmegaConf (safe to call again)."""
     from hydra.core.config_store import ConfigStore
 
-    # `optim.lr: ${pow2:${lr_log2}}` lets a sweep run a log2 learning-rate grid as `lr_log2=range(-12,-3)`
-    OmegaConf.register_new_resolver("pow2", lambda exponent: 2.0 ** float(exponent), replace=True)
+    # `optim.lr: ${pow2:${lr_log2}}` lets a sweep run a log2 learning-rate grid as `lr_log2=range(-12,-3)`; an
+    # optional second term offsets the exponent, so a second lr can follow the swept one at a fixed ratio
+    # (Muon's `optim.adamw_lr='${pow2:${lr_log2},-3}'` = lr/8)
+    OmegaConf.register_new_resolver("pow2", lambda exponent, offset=0: 2.0 ** (float(exponent) + float(offset)),
+                                    replace=True)
 
     store = ConfigStore.instance()
     for name, schema in OPTIM_SCHEMAS.items():
