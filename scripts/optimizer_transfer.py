@@ -10,10 +10,14 @@ scale (`+experiment=mutransfer_lr`: byte-level Shakespeare, 2 layers, 200 steps,
      three down for SP (whose best lr is expected to fall with width), two each way for µP.
 Each pair's target starts as soon as its donor is done; `--jobs` pairs run at once, each job with one torch
 thread. A sweep folder holding all its runs is kept and skipped, so an interrupted call picks up where it stopped.
+`--stage coord` runs the coordinate check (scripts/coord_check.py) with each optimizer, widths 64-512, 3 seeds, at
+lr 0.01 (SGD 0.25, Muon 0.02: their configs' defaults), into --out/coord/NAME; the report adds its slopes.
 The report (`--stage report`) reads every folder and writes into --out:
   optimizer_transfer.md   the table: per optimizer and parametrization, the donor's and target's best log2 lr,
                           the shift (octaves) and the transfer regret (nats) with 95% CIs over seeds, the target's
-                          best loss (mean ± sd over seeds), and a mark where a best lr sits on its grid's edge;
+                          best loss (mean ± sd over seeds), a mark where a best lr sits on its grid's edge, and
+                          where the coordinate check ran, the largest |log-log slope| of a hidden activation
+                          against width after the last update (0 = width-independent, µP's promise);
   optimizer_transfer.csv  every run; optimizer_transfer.json  the analysis;
   optimizer_transfer.png  loss against log2 lr, one panel per optimizer (SP dashed, µP solid, donor and target);
   optimizer_transfer_summary.png  shift and regret per optimizer with their CIs, SP beside µP.
@@ -22,6 +26,7 @@ digit, checked), so its row would repeat AdamW's.
 """
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -33,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.mutransfer import analyse, format_ci, mean_ci, read_summaries, write_csv
+from mugpt.mutransfer import analyse, format_ci, read_summaries, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 DONOR_WIDTH, TARGET_WIDTH = 64, 256
@@ -55,6 +60,8 @@ GRIDS = {
     "muon_rms": (["optim=muon", "optim.adjust_lr_fn=match_rms_adamw", MUON_ADAMW], range(-10, -2)),
 }
 PARAMETRIZATIONS = ("sp", "mup")
+COORD_WIDTHS = "[64,128,256,512]"
+COORD_LR = {"sgd": 0.25, "muon": 0.02}  # others: the coordinate check's own 0.01
 LABEL = {"sp": "SP", "mup": "µP"}
 
 
@@ -106,6 +113,42 @@ def sweep_pair(out: Path, name: str, param: str, seeds) -> None:
     run_sweep(name, param, TARGET_WIDTH, target, seeds, out / "target" / f"{name}_{param}")
 
 
+def run_coord(out: Path, name: str, threads: int) -> None:
+    """The coordinate check with this optimizer (SP and µP), into out/coord/NAME; skipped when already there."""
+    folder = out / "coord" / name
+    if (folder / "coord_check_slopes.csv").is_file():
+        print(f"[{name} coord] done before: {folder}", flush=True)
+        return
+    overrides = [o for o in GRIDS[name][0] if "lr_log2" not in o]  # Muon's AdamW part keeps its config's lr
+    overrides += [f"optim.lr={COORD_LR[name]}"] if name in COORD_LR else []
+    cmd = [sys.executable, str(ROOT / "scripts" / "coord_check.py"), *overrides, f"widths={COORD_WIDTHS}",
+           "seeds=[0,1,2]", f"num_threads={threads}", f"hydra.run.dir={folder}"]
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(folder / "coord_check.log", "w") as log:
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    print(f"[{name} coord] rc {rc}, {time.time() - start:.0f} s", flush=True)
+
+
+def coord_slopes(folder: Path) -> dict[str, dict[str, float]]:
+    """parametrization -> the largest |slope| of a block's activation (attention, MLP, residual) against width
+    at the last recorded step, with that module's seed sd, and the logits' slope there."""
+    path = folder / "coord_check_slopes.csv"
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    last = max(int(r["step"]) for r in rows)
+    out = {}
+    for param in dict.fromkeys(r["parametrization"] for r in rows):
+        at = [r for r in rows if r["parametrization"] == param and int(r["step"]) == last]
+        hidden = max((r for r in at if r["module"].startswith("block")), key=lambda r: abs(float(r["slope"])))
+        logits = next((float(r["slope"]) for r in at if r["module"] == "logits"), math.nan)
+        out[param] = {"hidden": abs(float(hidden["slope"])), "hidden_sd": float(hidden["seed_sd"] or "nan"),
+                      "module": hidden["module"], "logits": logits, "step": last}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ report
 def _rows(out: Path, names) -> dict[str, list[dict]]:
     by_name = {}
@@ -123,7 +166,7 @@ def _edge(rows: list[dict], param: str, width: int, best_lr: float) -> bool:
     return bool(lrs) and best_lr in (lrs[0], lrs[-1])
 
 
-def summarise(by_name: dict[str, list[dict]]) -> list[dict]:
+def summarise(by_name: dict[str, list[dict]], out: Path) -> list[dict]:
     table = []
     for name, rows in by_name.items():
         for param, a in analyse(rows).items():
@@ -137,7 +180,9 @@ def summarise(by_name: dict[str, list[dict]]) -> list[dict]:
                 "donor_edge": _edge(rows, param, a["donor_width"], a["donor_lr"]),
                 "target_edge": _edge(rows, param, target, a["best_lr"][target]),
                 "shift": shift, "regret": a["regret_seeds"], "regret_mean_curve": a["regret"],
-                "target_best_loss": a["best_loss_seeds"][target], "donor_best_loss": a["best_loss_seeds"][a["donor_width"]],
+                "target_best_loss": a["best_loss_seeds"][target],
+                "donor_best_loss": a["best_loss_seeds"][a["donor_width"]],
+                "coord": coord_slopes(out / "coord" / name).get(param),
                 "runs": sum(1 for r in rows if r["parametrization"] == param),
                 "diverged": sum(1 for r in rows if r["parametrization"] == param and r["status"] != "completed"),
             })
@@ -148,13 +193,17 @@ def _loss_text(stats: dict) -> str:
     return f"{stats['mean']:.3f} ± {stats['sd']:.3f}" if stats.get("n", 0) > 1 else f"{stats['mean']:.3f}"
 
 
+def _coord_text(coord: dict | None) -> str:
+    return "not run" if not coord else f"{coord['hidden']:.2f} ({coord['hidden_sd']:.2f})"
+
+
 def format_table(table: list[dict]) -> str:
     lines = [f"Donor width {DONOR_WIDTH} → target width {TARGET_WIDTH}; shift and regret: mean ± 95% CI over "
              "seeds (n); losses: mean ± sd over seeds at the seed-mean best lr; `*` = best lr at its grid's edge.",
              "",
              "| optimizer | param. | donor best log2 lr | target best log2 lr | shift (octaves) | regret (nats) "
-             "| target best loss | donor best loss | runs (not completed) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| target best loss | donor best loss | coord. check max \\|slope\\| (sd) | runs (not completed) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         lines.append(
             f"| {t['optimizer']} | {LABEL.get(t['parametrization'], t['parametrization'])} "
@@ -162,7 +211,7 @@ def format_table(table: list[dict]) -> str:
             f"| {t['target_log2_lr']:.0f}{'*' if t['target_edge'] else ''} "
             f"| {format_ci(t['shift'], '+.2f')} | {format_ci(t['regret'], '.3f')} "
             f"| {_loss_text(t['target_best_loss'])} | {_loss_text(t['donor_best_loss'])} "
-            f"| {t['runs']} ({t['diverged']}) |")
+            f"| {_coord_text(t['coord'])} | {t['runs']} ({t['diverged']}) |")
     return "\n".join(lines)
 
 
@@ -173,8 +222,8 @@ def plot_curves(by_name: dict[str, list[dict]], path: Path) -> None:
 
     names = list(by_name)
     cols = 3
-    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(4.2 * cols, 3.2 * math.ceil(len(names) / cols)),
-                             squeeze=False)
+    nrows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     colours = {DONOR_WIDTH: "tab:blue", TARGET_WIDTH: "tab:red"}
     for ax, name in zip(axes.flat, names):
         rows = [r for r in by_name[name] if r["status"] == "completed" and math.isfinite(r["val_loss"])]
@@ -244,7 +293,7 @@ def report(out: Path, names) -> str:
     by_name = _rows(out, names)
     if not by_name:
         raise FileNotFoundError(f"no finished sweeps under {out}/donor or {out}/target")
-    table = summarise(by_name)
+    table = summarise(by_name, out)
     rows = [r for rs in by_name.values() for r in rs]
     write_csv(rows, out / "optimizer_transfer.csv", ["optimizer"])
     text = format_table(table)
@@ -266,7 +315,8 @@ def _list(text: str, known, option: str) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="optimizer_transfer", help="folder of the sweeps and the report")
-    parser.add_argument("--stage", choices=("all", "sweep", "report"), default="all")
+    parser.add_argument("--stage", choices=("all", "sweep", "coord", "report"), default="all",
+                        help="all = sweep, coord and report")
     parser.add_argument("--optimizers", default=",".join(GRIDS), help=f"comma-separated, from {', '.join(GRIDS)}")
     parser.add_argument("--parametrizations", default="sp,mup")
     parser.add_argument("--seeds", default="0,1,2")
@@ -289,6 +339,9 @@ def main(argv=None) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             for future in [pool.submit(sweep_pair, out, name, param, seeds) for name, param in pairs]:
                 future.result()
+    if args.stage in ("all", "coord"):
+        for name in names:
+            run_coord(out, name, threads=2)
     if args.stage in ("all", "report"):
         print(report(out, names))
         print(f"report in {out}")

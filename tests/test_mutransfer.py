@@ -536,3 +536,125 @@ def test_defaults_report_finds_each_settings_optimum_and_the_defaults_gap(tmp_pa
         script.main([f"a={tmp_path / 'missing'}", "--default", "0.08,0.5,2"])
     with pytest.raises(SystemExit):
         script.main([f"a={tmp_path / 'a'}", "--default", "0.08,2"])
+
+
+def test_optimizer_transfer_pairs_donor_and_target_grids_and_reports_shift_and_regret(tmp_path, monkeypatch, capsys):
+    """scripts/optimizer_transfer.py: the target's grid is centred on the donor's seed-mean best lr (SP: three
+    octaves down to one up; µP: two each way); the report finds SP's best lr two octaves lower at the target, its
+    regret (the target's loss at the donor's lr minus its best), µP's zero shift, and marks a best lr on the edge."""
+    script = load_script("optimizer_transfer")
+    vertex = {("sp", 64): -8, ("sp", 256): -10, ("mup", 64): -6, ("mup", 256): -6}
+    grids = []
+
+    def fake_sweep(name, param, width, log2_lrs, seeds, folder):
+        grids.append((param, width, list(log2_lrs)))
+        for e in log2_lrs:
+            for seed in seeds:
+                loss = 2.0 + 0.05 * (e - vertex[(param, width)]) ** 2 + 0.01 * seed
+                write_run(folder / f"{e}_{seed}", {"parametrization": param, "width": width, "lr": 2.0 ** e,
+                                                   "seed": seed, "val_loss": loss, "status": "completed"}, None)
+
+    monkeypatch.setattr(script, "run_sweep", fake_sweep)
+    for param in ("sp", "mup"):
+        script.sweep_pair(tmp_path, "adamw", param, [0, 1, 2])
+    assert grids[0] == ("sp", 64, list(range(-11, -3))) and grids[1] == ("sp", 256, [-11, -10, -9, -8, -7])
+    assert grids[3] == ("mup", 256, [-8, -7, -6, -5, -4])
+    coord = tmp_path / "coord" / "adamw"  # the coordinate check's slopes: the last step's largest block |slope|
+    coord.mkdir(parents=True)
+    (coord / "coord_check_slopes.csv").write_text(
+        "parametrization,step,module,slope,seed_sd,n_seeds\n"
+        "sp,0,block0.mlp,0.9,0.1,3\nsp,4,embedding,-3.0,0.1,3\nsp,4,block0.mlp,1.5,0.2,3\nsp,4,block1.residual,-1.7,0.3,3\n"
+        "sp,4,logits,1.1,0.1,3\nmup,4,block0.attn,-0.04,0.01,3\nmup,4,block0.mlp,0.02,0.01,3\nmup,4,logits,0.0,0.0,3\n")
+    text = script.report(tmp_path, ["adamw", "sgd"])  # sgd has no sweeps: left out
+    table = {t["parametrization"]: t for t in json.loads((tmp_path / "optimizer_transfer.json").read_text())}
+    assert table["sp"]["shift"]["mean"] == pytest.approx(-2.0) and table["sp"]["shift"]["sd"] == pytest.approx(0.0)
+    assert table["sp"]["regret"]["mean"] == pytest.approx(0.05 * 4)  # 2 octaves off: 0.05 · 2²
+    assert table["mup"]["shift"]["mean"] == pytest.approx(0.0) and table["mup"]["regret"]["mean"] == pytest.approx(0.0)
+    assert table["sp"]["target_best_loss"]["mean"] == pytest.approx(2.01)  # seeds 0, 1, 2 add 0, .01, .02
+    assert not table["sp"]["donor_edge"] and not table["mup"]["target_edge"] and table["sp"]["runs"] == 8 * 3 + 5 * 3
+    assert "| adamw | SP | -8 | -10 |" in text and "| adamw | µP | -6 | -6 |" in text
+    assert table["sp"]["coord"]["module"] == "block1.residual"
+    assert "| 1.70 (0.30) |" in text and "| 0.04 (0.01) |" in text
+    for name in ("optimizer_transfer.csv", "optimizer_transfer.md", "optimizer_transfer.png",
+                 "optimizer_transfer_summary.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    # the edge mark: SP's target curve cut at its best lr
+    for run in (tmp_path / "target" / "adamw_sp").glob("-1[01]_*"):
+        for f in run.iterdir():
+            f.unlink()
+        run.rmdir()
+    assert "| adamw | SP | -8 | -9* |" in script.report(tmp_path, ["adamw"])
+
+
+def test_optimizer_transfer_skips_a_finished_sweep_and_sets_a_partial_one_aside(tmp_path, monkeypatch):
+    script = load_script("optimizer_transfer")
+    calls = []
+    monkeypatch.setattr(script.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
+                        type("Done", (), {"returncode": 0})())
+    finished = tmp_path / "done"
+    for i in range(4):
+        write_run(finished / str(i), {"lr": 1.0, "width": 64}, None)
+    script.run_sweep("sgd", "sp", 64, [-2, -1], [0, 1], finished)
+    assert calls == []
+    partial = tmp_path / "partial"
+    write_run(partial / "0", {"lr": 1.0, "width": 64}, None)
+    script.run_sweep("muon", "mup", 256, [-6, -5], [0, 1], partial)
+    (cmd,) = calls
+    assert "lr_log2=-6,-5" in cmd and "seed=0,1" in cmd and "optim=muon" in cmd and "model.width=256" in cmd
+    assert "optim.adamw_lr='${pow2:${lr_log2},-3}'" in cmd and f"hydra.sweep.dir={partial}" in cmd
+    assert not partial.exists() and len(list(tmp_path.glob("partial.partial.*"))) == 1  # set aside, kept whole
+    calls.clear()
+    script.run_coord(tmp_path, "muon", threads=1)
+    (cmd,) = calls
+    assert "optim=muon" in cmd and "optim.lr=0.02" in cmd and "num_threads=1" in cmd
+    assert not any("lr_log2" in c for c in cmd)  # the coordinate check has no swept lr for Muon's AdamW part to follow
+    (tmp_path / "coord" / "muon" / "coord_check_slopes.csv").write_text("done")
+    script.run_coord(tmp_path, "muon", threads=1)
+    assert len(calls) == 1  # already there: skipped
+    with pytest.raises(SystemExit, match="--optimizers=adamx"):
+        script.main(["--optimizers", "adamx", "--out", str(tmp_path)])
+
+
+def test_umup_defaults_sweeps_each_multiplier_alone_and_reports_the_defaults_gap(tmp_path, capsys):
+    """scripts/umup_defaults.py: runs with one multiplier moved are that multiplier's slice, the default runs
+    belong to every slice, a run with two moved is left out; per value the best lr on the seed-mean curve; the
+    default's gap is per seed (default at its best lr − best value at its best lr)."""
+    script = load_script("umup_defaults")
+    best_log2 = {"residual_mult": 1.0}  # residual_mult's optimum is 2; every other multiplier's is the default 1
+
+    def loss(mults, e, seed):
+        off = sum((math.log2(v) - best_log2.get(m, 0.0)) ** 2 for m, v in mults.items())
+        return 2.0 + 0.02 * off + 0.05 * (e + 2) ** 2 + 0.01 * seed
+
+    n = 0
+    settings = [(None, 1.0)] + [(m, v) for m in ("residual_mult", "loss_softmax_mult") for v in (0.5, 2.0)]
+    settings.append(("both", 2.0))
+    for moved, value in settings:
+        for e in (-3, -2, -1):
+            for seed in (0, 1, 2):
+                mults = {m: 1.0 for m in script.MULTIPLIERS}
+                if moved == "both":
+                    mults.update(residual_mult=2.0, loss_softmax_mult=2.0)
+                elif moved:
+                    mults[moved] = value
+                config = {"parametrization": {"name": "umup", **mults}}
+                val = 9.0 if moved == "both" else loss(mults, e, seed)
+                write_run(tmp_path / "sweep" / str(n), {"parametrization": "umup", "width": 64, "lr": 2.0 ** e,
+                          "seed": seed, "val_loss": val, "status": "completed"}, config)
+                n += 1
+    assert script.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "umup_defaults.json").read_text())
+    assert set(result) == set(script.MULTIPLIERS)  # the default runs alone make the unswept ones' slices
+    res = result["residual_mult"]
+    assert res["best"] == 2.0 and res["gap"]["mean"] == pytest.approx(0.02) and res["gap"]["sd"] == pytest.approx(0)
+    assert res["values"]["1.0"]["log2_lr"] == -2 and res["values"]["0.5"]["loss"]["mean"] == pytest.approx(2.01 + 0.08)
+    assert res["values"]["1.0"]["loss"]["mean"] == pytest.approx(2.03)  # the default: residual_mult one octave off
+    lsm = result["loss_softmax_mult"]
+    assert lsm["best"] == 1.0 and lsm["gap"]["mean"] == 0.0
+    assert lsm["values"]["2.0"]["loss"]["mean"] == pytest.approx(2.05)
+    assert result["ffn_act_mult"]["values"].keys() == {"1.0"}
+    text = capsys.readouterr().out
+    assert "| residual_mult |" in text and "9.000" not in text  # the two-moved runs are in no slice
+    assert (tmp_path / "out" / "umup_defaults.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no summary.json|not found"):
+        script.main([str(tmp_path / "missing")])
