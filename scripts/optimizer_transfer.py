@@ -2,7 +2,8 @@
 `python scripts/optimizer_transfer.py [--out DIR] [--stage all|sweep|report] [--optimizers a,b] [--seeds 0,1,2]
 [--jobs 2]`.
 
-For each optimizer and parametrization, two Hydra multiruns of src/train.py at the CPU µTransfer experiment's
+For each optimizer and parametrization (SP and µP; with `--parametrizations sp,mup,umup` also u-µP, for AdamW, the
+one optimizer its rules are written for), two Hydra multiruns of src/train.py at the CPU µTransfer experiment's
 scale (`+experiment=mutransfer_lr`: byte-level Shakespeare, 2 layers, 200 steps, clip 1, no weight decay):
   1. the donor, width 64, over the optimizer's log2 learning-rate grid (GRIDS below, 8 octaves around the zoo's
      defaults), every seed;
@@ -19,8 +20,9 @@ The report (`--stage report`) reads every folder and writes into --out:
                           where the coordinate check ran, the largest |log-log slope| of a hidden activation
                           against width after the last update (0 = width-independent, µP's promise);
   optimizer_transfer.csv  every run; optimizer_transfer.json  the analysis;
-  optimizer_transfer.png  loss against log2 lr, one panel per optimizer (SP dashed, µP solid, donor and target);
-  optimizer_transfer_summary.png  shift and regret per optimizer with their CIs, SP beside µP.
+  optimizer_transfer.png  loss against log2 lr, one panel per optimizer (SP dashed, µP solid, u-µP dotted; donor
+                          and target);
+  optimizer_transfer_summary.png  shift and regret per optimizer with their CIs, the parametrizations side by side.
 Adam is not swept: with the experiment's weight decay 0 it is AdamW step for step (same val loss to the last
 digit, checked), so its row would repeat AdamW's.
 """
@@ -43,7 +45,7 @@ from mugpt.mutransfer import analyse, format_ci, read_summaries, write_csv
 ROOT = Path(__file__).resolve().parents[1]
 DONOR_WIDTH, TARGET_WIDTH = 64, 256
 # The target's grid: offsets (octaves) from the donor's best lr.
-TARGET_OFFSETS = {"sp": range(-3, 2), "mup": range(-2, 3)}
+TARGET_OFFSETS = {"sp": range(-3, 2), "mup": range(-2, 3), "umup": range(-2, 3)}
 # Muon's AdamW part (embeddings, readout, vectors) follows the swept lr at 1/8 (its config's default ratio is ~1/7)
 MUON_ADAMW = "optim.adamw_lr='${pow2:${lr_log2},-3}'"
 # name: (training overrides, the donor's log2 lr grid). Centred on each optimizer's best lr in the time-to-target
@@ -59,17 +61,26 @@ GRIDS = {
     "muon": (["optim=muon", MUON_ADAMW], range(-9, -1)),
     "muon_rms": (["optim=muon", "optim.adjust_lr_fn=match_rms_adamw", MUON_ADAMW], range(-10, -2)),
 }
-PARAMETRIZATIONS = ("sp", "mup")
+PARAMETRIZATIONS = ("sp", "mup", "umup")
+# u-µP (parametrization=umup) runs with Adam's rule only, untied and unclipped (conf/parametrization/umup.yaml says
+# why), at its own O(1) lr: (optimizer, parametrization) -> overrides and donor grid replacing GRIDS'.
+SPECIAL = {("adamw", "umup"): (["optim=adamw", "~parametrization.base_width", "model.tie_embeddings=false",
+                                "optim.grad_clip=null"], range(-5, 3))}
 COORD_WIDTHS = "[64,128,256,512]"
 COORD_LR = {"sgd": 0.25, "muon": 0.02}  # others: the coordinate check's own 0.01
-LABEL = {"sp": "SP", "mup": "µP"}
+LABEL = {"sp": "SP", "mup": "µP", "umup": "u-µP"}
 
 
 EXTRA: list[str] = []  # --set: overrides appended to every sweep (e.g. trainer.max_steps=20 for a quick look)
 
 
+def setting(name: str, param: str) -> tuple[list[str], range]:
+    """The training overrides and the donor's log2 lr grid of one optimizer under one parametrization."""
+    return SPECIAL.get((name, param), GRIDS[name])
+
+
 def sweep_command(name: str, param: str, width: int, log2_lrs, seeds, folder: Path) -> list[str]:
-    overrides, _ = GRIDS[name]
+    overrides, _ = setting(name, param)
     return [sys.executable, str(ROOT / "src" / "train.py"), "-m", "+experiment=mutransfer_lr",
             f"parametrization={param}", *overrides, f"model.width={width}",
             "lr_log2=" + ",".join(str(x) for x in log2_lrs), "seed=" + ",".join(str(s) for s in seeds),
@@ -107,7 +118,7 @@ def donor_best_log2(folder: Path) -> int:
 
 def sweep_pair(out: Path, name: str, param: str, seeds) -> None:
     donor = out / "donor" / f"{name}_{param}"
-    run_sweep(name, param, DONOR_WIDTH, GRIDS[name][1], seeds, donor)
+    run_sweep(name, param, DONOR_WIDTH, setting(name, param)[1], seeds, donor)
     best = donor_best_log2(donor)
     target = [best + k for k in TARGET_OFFSETS[param]]
     run_sweep(name, param, TARGET_WIDTH, target, seeds, out / "target" / f"{name}_{param}")
@@ -227,7 +238,7 @@ def plot_curves(by_name: dict[str, list[dict]], path: Path) -> None:
     colours = {DONOR_WIDTH: "tab:blue", TARGET_WIDTH: "tab:red"}
     for ax, name in zip(axes.flat, names):
         rows = [r for r in by_name[name] if r["status"] == "completed" and math.isfinite(r["val_loss"])]
-        for param, style in (("sp", "--"), ("mup", "-")):
+        for param, style in (("sp", "--"), ("mup", "-"), ("umup", ":")):
             for width, colour in colours.items():
                 losses: dict[float, list[float]] = {}
                 for r in rows:
@@ -253,7 +264,7 @@ def plot_curves(by_name: dict[str, list[dict]], path: Path) -> None:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"Learning-rate transfer per optimizer, width {DONOR_WIDTH} → {TARGET_WIDTH} "
-                 "(mean ± sd over seeds; SP dashed, µP solid)")
+                 "(mean ± sd over seeds; SP dashed, µP solid, u-µP dotted)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -267,16 +278,16 @@ def plot_summary(table: list[dict], path: Path) -> None:
     names = list(dict.fromkeys(t["optimizer"] for t in table))
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     for ax, key, label in ((axes[0], "shift", "best-lr shift, octaves"), (axes[1], "regret", "transfer regret, nats")):
-        for k, (param, colour) in enumerate((("sp", "tab:orange"), ("mup", "tab:green"))):
+        for k, (param, colour) in enumerate((("sp", "tab:orange"), ("mup", "tab:green"), ("umup", "tab:purple"))):
             x, y, err = [], [], []
             for i, name in enumerate(names):
                 row = next((t for t in table if t["optimizer"] == name and t["parametrization"] == param), None)
                 if row is None:
                     continue
-                x.append(i + (k - 0.5) * 0.35)
+                x.append(i + (k - 1) * 0.27)
                 y.append(row[key]["mean"])
                 err.append(row[key].get("ci", 0.0) if math.isfinite(row[key].get("ci", math.nan)) else 0.0)
-            ax.bar(x, y, width=0.35, yerr=err, capsize=3, color=colour, label=LABEL[param])
+            ax.bar(x, y, width=0.27, yerr=err, capsize=3, color=colour, label=LABEL[param])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right")
@@ -318,7 +329,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stage", choices=("all", "sweep", "coord", "report"), default="all",
                         help="all = sweep, coord and report")
     parser.add_argument("--optimizers", default=",".join(GRIDS), help=f"comma-separated, from {', '.join(GRIDS)}")
-    parser.add_argument("--parametrizations", default="sp,mup")
+    parser.add_argument("--parametrizations", default="sp,mup",
+                        help="sp, mup, umup (u-µP: AdamW only; the others are skipped under it)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--jobs", type=int, default=2, help="sweeps at once (one torch thread each)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -335,7 +347,7 @@ def main(argv=None) -> int:
     out = Path(args.out).resolve()
     EXTRA[:] = args.set
     if args.stage in ("all", "sweep"):
-        pairs = [(name, param) for name in names for param in params]
+        pairs = [(name, param) for name in names for param in params if param != "umup" or (name, param) in SPECIAL]
         with ThreadPoolExecutor(args.jobs) as pool:
             for future in [pool.submit(sweep_pair, out, name, param, seeds) for name, param in pairs]:
                 future.result()
