@@ -11,7 +11,7 @@ scale (`+experiment=mutransfer_lr`: byte-level Shakespeare, 2 layers, 200 steps,
      three down for SP (whose best lr is expected to fall with width), two each way for µP.
 Each pair's target starts as soon as its donor is done; `--jobs` pairs run at once, each job with one torch
 thread. A sweep folder holding all its runs is kept and skipped, so an interrupted call picks up where it stopped.
-`--stage coord` runs the coordinate check (scripts/coord_check.py) with each optimizer, widths 64-512, 3 seeds, at
+`--stage coord` runs the coordinate check (scripts/coord_check.py) with each optimizer, widths 64-256, 3 seeds, at
 lr 0.01 (SGD 0.25, Muon 0.02: their configs' defaults), into --out/coord/NAME; the report adds its slopes.
 The report (`--stage report`) reads every folder and writes into --out:
   optimizer_transfer.md   the table: per optimizer and parametrization, the donor's and target's best log2 lr,
@@ -66,7 +66,7 @@ PARAMETRIZATIONS = ("sp", "mup", "umup")
 # why), at its own O(1) lr: (optimizer, parametrization) -> overrides and donor grid replacing GRIDS'.
 SPECIAL = {("adamw", "umup"): (["optim=adamw", "~parametrization.base_width", "model.tie_embeddings=false",
                                 "optim.grad_clip=null"], range(-5, 3))}
-COORD_WIDTHS = "[64,128,256,512]"
+COORD_WIDTHS = "[64,128,256]"
 COORD_LR = {"sgd": 0.25, "muon": 0.02}  # others: the coordinate check's own 0.01
 LABEL = {"sp": "SP", "mup": "µP", "umup": "u-µP"}
 
