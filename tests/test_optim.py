@@ -498,3 +498,28 @@ def test_muon_matched_to_adamw_takes_adams_mup_rule():
     model = p.build_model(tiny(256))
     with pytest.raises(ValueError, match="match_rms_adamw grows Muon's step like sqrt\\(width\\)"):
         build_optimizer(p.param_groups(model, cfg.lr, 0.0, family="muon"), cfg)
+
+
+def test_adam_and_adamw_take_the_same_steps_without_weight_decay():
+    """Why the optimizer-transfer table has no Adam row: at weight decay 0 (the µTransfer experiment's), Adam's L2
+    and AdamW's decoupled decay are both absent, and µP's groups give both the same per-group lrs, so five steps
+    leave the same weights, bit for bit."""
+    p = get_parametrization({"name": "mup", "base_width": 64})
+    weights = {}
+    for name in ("adam", "adamw"):
+        torch.manual_seed(0)
+        model = p.build_model(tiny(128))
+        init = {n: q.detach().clone() for n, q in model.named_parameters()}
+        cfg = optim_cfg(name, weight_decay=0.0)
+        opt = build_optimizer(p.param_groups(model, cfg.lr, 0.0, family=mup_family(name)), cfg)
+        for step in range(5):
+            x = torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(step))
+            _, loss = model(x[:, :-1], x[:, 1:].contiguous())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        weights[name] = {n: q.detach().clone() for n, q in model.named_parameters()}
+    assert weights["adam"].keys() == weights["adamw"].keys() and len(init) > 10
+    for n, w in weights["adam"].items():
+        assert torch.equal(w, weights["adamw"][n]), n
+        assert not torch.equal(w, init[n]), n  # every tensor moved: the equality is of real steps
