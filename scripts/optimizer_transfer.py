@@ -209,8 +209,10 @@ def _coord_text(coord: dict | None) -> str:
 
 
 def format_table(table: list[dict]) -> str:
+    seeds = sorted({t["shift"]["n"] for t in table})
     lines = [f"Donor width {DONOR_WIDTH} → target width {TARGET_WIDTH}; shift and regret: mean ± 95% CI over "
-             "seeds (n); losses: mean ± sd over seeds at the seed-mean best lr; `*` = best lr at its grid's edge.",
+             f"{'/'.join(map(str, seeds))} seeds; losses: mean ± sd over seeds at the seed-mean best lr; `*` = best lr "
+             "at its grid's edge.",
              "",
              "| optimizer | param. | donor best log2 lr | target best log2 lr | shift (octaves) | regret (nats) "
              "| target best loss | donor best loss | coord. check max \\|slope\\| (sd) | runs (not completed) |",
@@ -220,7 +222,7 @@ def format_table(table: list[dict]) -> str:
             f"| {t['optimizer']} | {LABEL.get(t['parametrization'], t['parametrization'])} "
             f"| {t['donor_log2_lr']:.0f}{'*' if t['donor_edge'] else ''} "
             f"| {t['target_log2_lr']:.0f}{'*' if t['target_edge'] else ''} "
-            f"| {format_ci(t['shift'], '+.2f')} | {format_ci(t['regret'], '.3f')} "
+            f"| {format_ci(t['shift'], '+.2f', count=False)} | {format_ci(t['regret'], '.3f', count=False)} "
             f"| {_loss_text(t['target_best_loss'])} | {_loss_text(t['donor_best_loss'])} "
             f"| {_coord_text(t['coord'])} | {t['runs']} ({t['diverged']}) |")
     return "\n".join(lines)
@@ -286,7 +288,8 @@ def plot_summary(table: list[dict], path: Path) -> None:
                     continue
                 x.append(i + (k - 1) * 0.27)
                 y.append(row[key]["mean"])
-                err.append(row[key].get("ci", 0.0) if math.isfinite(row[key].get("ci", math.nan)) else 0.0)
+                half = row[key].get("half_width", math.nan)
+                err.append(half if math.isfinite(half) else 0.0)
             ax.bar(x, y, width=0.27, yerr=err, capsize=3, color=colour, label=LABEL[param])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(names)))
