@@ -11,8 +11,9 @@ scale (`+experiment=mutransfer_lr`: byte-level Shakespeare, 2 layers, 200 steps,
      three down for SP (whose best lr is expected to fall with width), two each way for µP.
 Each pair's target starts as soon as its donor is done; `--jobs` pairs run at once, each job with one torch
 thread. A sweep folder holding all its runs is kept and skipped, so an interrupted call picks up where it stopped.
-`--stage coord` runs the coordinate check (scripts/coord_check.py) with each optimizer, widths 64-256, 3 seeds, at
-lr 0.01 (SGD 0.25, Muon 0.02: their configs' defaults), into --out/coord/NAME; the report adds its slopes.
+`--stage coord` runs the coordinate check (scripts/coord_check.py) with each optimizer, widths 64-256, 3 seeds, 4
+updates, SP and µP at µP's donor best lr (before the sweeps: 0.01; SGD 0.25, Muon 0.02), into --out/coord/NAME;
+the report adds its slopes.
 The report (`--stage report`) reads every folder and writes into --out:
   optimizer_transfer.md   the table: per optimizer and parametrization, the donor's and target's best log2 lr,
                           the shift (octaves) and the transfer regret (nats) with 95% CIs over seeds, the target's
@@ -67,7 +68,7 @@ PARAMETRIZATIONS = ("sp", "mup", "umup")
 SPECIAL = {("adamw", "umup"): (["optim=adamw", "~parametrization.base_width", "model.tie_embeddings=false",
                                 "optim.grad_clip=null"], range(-5, 3))}
 COORD_WIDTHS = "[64,128,256]"
-COORD_LR = {"sgd": 0.25, "muon": 0.02}  # others: the coordinate check's own 0.01
+COORD_LR = {"sgd": 0.25, "muon": 0.02}  # without a µP donor sweep; others: the coordinate check's own 0.01
 LABEL = {"sp": "SP", "mup": "µP", "umup": "u-µP"}
 
 
@@ -130,8 +131,13 @@ def run_coord(out: Path, name: str, threads: int) -> None:
     if (folder / "coord_check_slopes.csv").is_file():
         print(f"[{name} coord] done before: {folder}", flush=True)
         return
-    overrides = [o for o in GRIDS[name][0] if "lr_log2" not in o]  # Muon's AdamW part keeps its config's lr
-    overrides += [f"optim.lr={COORD_LR[name]}"] if name in COORD_LR else []
+    overrides = [o for o in GRIDS[name][0] if "lr_log2" not in o]
+    donor = out / "donor" / f"{name}_mup"
+    if _finished(donor):  # the lr µP trains this optimizer at; Muon's AdamW part at 1/8 of it, as in the sweeps
+        lr = 2.0 ** donor_best_log2(donor)
+        overrides += [f"optim.lr={lr}"] + ([f"optim.adamw_lr={lr / 8}"] if name.startswith("muon") else [])
+    elif name in COORD_LR:
+        overrides += [f"optim.lr={COORD_LR[name]}"]
     cmd = [sys.executable, str(ROOT / "scripts" / "coord_check.py"), *overrides, f"widths={COORD_WIDTHS}",
            "seeds=[0,1,2]", f"num_threads={threads}", f"hydra.run.dir={folder}"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -611,6 +611,12 @@ def test_optimizer_transfer_skips_a_finished_sweep_and_sets_a_partial_one_aside(
     (tmp_path / "coord" / "muon" / "coord_check_slopes.csv").write_text("done")
     script.run_coord(tmp_path, "muon", threads=1)
     assert len(calls) == 1  # already there: skipped
+    for e in (-6, -5, -4):  # with µP's donor sweep there, its best lr (2^-5) and Muon's AdamW part at 1/8
+        write_run(tmp_path / "donor" / "muon_rms_mup" / str(e), {"parametrization": "mup", "width": 64,
+                  "lr": 2.0 ** e, "seed": 0, "val_loss": 2.0 + (e + 5) ** 2, "status": "completed"}, None)
+    script.run_coord(tmp_path, "muon_rms", threads=1)
+    assert "optim.lr=0.03125" in calls[-1] and "optim.adamw_lr=0.00390625" in calls[-1]
+    assert "optim.adjust_lr_fn=match_rms_adamw" in calls[-1]
     with pytest.raises(SystemExit, match="--optimizers=adamx"):
         script.main(["--optimizers", "adamx", "--out", str(tmp_path)])
 
