@@ -11,6 +11,10 @@ learning rates and seeds, e.g. (the CPU µTransfer experiment's scale, untied an
         parametrization.$m=0.25,0.5,2,4 logger=none hydra.sweep.dir=umup_defaults/$m
     done
     python src/train.py -m ... (the same, without a multiplier override) hydra.sweep.dir=umup_defaults/default
+    # where a best value or lr sits on an edge, extend it into a new folder, e.g. for the README's table:
+    #   ... lr_log2=-2,-1,0 parametrization.residual_mult=0.0625,0.125 hydra.sweep.dir=umup_defaults/residual_low
+    #   ... lr_log2=0 parametrization.residual_mult=0.25,0.5 hydra.sweep.dir=umup_defaults/residual_lr0
+    #   ... lr_log2=0 hydra.sweep.dir=umup_defaults/default_lr0
     python scripts/umup_defaults.py umup_defaults --out umup_defaults
 
 For each multiplier and value it takes the best learning rate on the seed-mean curve, and reports the seed-mean
