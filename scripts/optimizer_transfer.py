@@ -114,6 +114,8 @@ def donor_best_log2(folder: Path) -> int:
     """The donor's best lr on its seed-mean curve, as the integer log2 of the grid point."""
     analysis = analyse(read_summaries(folder))
     (series,) = analysis.values()
+    if not math.isfinite(series["donor_lr"]):
+        raise RuntimeError(f"every donor run in {folder} diverged or failed: widen the grid (GRIDS) before the target")
     return round(math.log2(series["donor_lr"]))
 
 
