@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.mutransfer import analyse, format_ci, read_summaries, write_csv
+from mugpt.mutransfer import analyse, format_ci, format_sd, read_summaries, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 DONOR_WIDTH, TARGET_WIDTH = 64, 256
@@ -208,10 +208,6 @@ def summarise(by_name: dict[str, list[dict]], out: Path) -> list[dict]:
     return table
 
 
-def _loss_text(stats: dict) -> str:
-    return f"{stats['mean']:.3f} ± {stats['sd']:.3f}" if stats.get("n", 0) > 1 else f"{stats['mean']:.3f}"
-
-
 def _coord_text(coord: dict | None) -> str:
     return "not run" if not coord else f"{coord['hidden']:.2f} ({coord['hidden_sd']:.2f})"
 
@@ -231,7 +227,8 @@ def format_table(table: list[dict]) -> str:
             f"| {t['donor_log2_lr']:.0f}{'*' if t['donor_edge'] else ''} "
             f"| {t['target_log2_lr']:.0f}{'*' if t['target_edge'] else ''} "
             f"| {format_ci(t['shift'], '+.2f', count=False)} | {format_ci(t['regret'], '.3f', count=False)} "
-            f"| {_loss_text(t['target_best_loss'])} | {_loss_text(t['donor_best_loss'])} "
+            f"| {format_sd(t['target_best_loss'], '.3f', count=False)} "
+            f"| {format_sd(t['donor_best_loss'], '.3f', count=False)} "
             f"| {_coord_text(t['coord'])} | {t['runs']} ({t['diverged']}) |")
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.mutransfer import format_ci, mean_ci, read_summaries, write_csv
+from mugpt.mutransfer import format_ci, format_sd, mean_ci, read_summaries, write_csv
 
 MULTIPLIERS = ("residual_mult", "residual_attn_ratio", "attn_softmax_mult", "ffn_act_mult", "loss_softmax_mult")
 KEYS = tuple(f"parametrization.{m}" for m in MULTIPLIERS)
@@ -90,8 +90,7 @@ def format_table(result: dict[str, dict]) -> str:
                 cells.append("")
                 continue
             loss = s["loss"]
-            text = "diverged" if not math.isfinite(loss["mean"]) else (
-                f"{loss['mean']:.3f} ± {loss['sd']:.3f}" if loss["n"] > 1 else f"{loss['mean']:.3f}")
+            text = format_sd(loss, ".3f", count=False) if math.isfinite(loss["mean"]) else "diverged"
             cells.append(f"{text} (2^{s['log2_lr']:g}{'*' if s['edge'] else ''})")
         gap = r["gap"]
         gap_text = format_ci(gap, "+.3f") if isinstance(gap, dict) else "no default run"

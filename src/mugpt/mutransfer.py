@@ -105,13 +105,14 @@ def format_ci(stats: Mapping[str, float], fmt: str = "+.2f", unit: str = "", cou
     return f"{stats['mean']:{fmt}}{unit}" + (f" ({seeds})" if count else "")
 
 
-def format_sd(stats: Mapping[str, float], fmt: str = ".4f") -> str:
-    """`2.4581 ± 0.0040 (sd, 3 seeds)`: the seeds' spread, for losses (how far one run may land from another)."""
+def format_sd(stats: Mapping[str, float], fmt: str = ".4f", count: bool = True) -> str:
+    """`2.4581 ± 0.0040 (sd, 3 seeds)`: the seeds' spread, for losses (how far one run may land from another).
+    count=False leaves the parenthesis out (for a table that says it once)."""
     n = stats["n"]
     seeds = f"{n} seed{'s' if n != 1 else ''}"
     if math.isfinite(stats["sd"]):
-        return f"{stats['mean']:{fmt}} ± {stats['sd']:.{_decimals(fmt)}f} (sd, {seeds})"
-    return f"{stats['mean']:{fmt}} ({seeds})"
+        return f"{stats['mean']:{fmt}} ± {stats['sd']:.{_decimals(fmt)}f}" + (f" (sd, {seeds})" if count else "")
+    return f"{stats['mean']:{fmt}}" + (f" ({seeds})" if count else "")
 
 
 def _decimals(fmt: str) -> int:
