@@ -31,7 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.mutransfer import format_ci, format_sd, mean_ci, read_summaries, write_csv
+from mugpt.mutransfer import (
+    best_log2_lr,
+    format_ci,
+    format_sd,
+    loss_curves,
+    mean_ci,
+    read_summaries,
+    seed_curves,
+    write_csv,
+)
 
 MULTIPLIERS = ("residual_mult", "residual_attn_ratio", "attn_softmax_mult", "ffn_act_mult", "loss_softmax_mult")
 KEYS = tuple(f"parametrization.{m}" for m in MULTIPLIERS)
@@ -52,21 +61,17 @@ def one_at_a_time(rows: list[dict]) -> dict[str, list[dict]]:
     return {m: runs for m, runs in slices.items() if runs}
 
 
-def _loss(r: dict) -> float:
-    return r["val_loss"] if r["status"] == "completed" and math.isfinite(r["val_loss"]) else math.inf
-
-
 def sensitivity(runs: list[dict], key: str) -> dict:
-    """Per value of `key`: the seed-mean curve's best lr and loss, each seed's loss there; the default's gap."""
-    curves: dict[float, dict[float, dict[int, float]]] = {}
-    for r in runs:
-        curves.setdefault(float(r[key]), {}).setdefault(r["lr"], {})[r["seed"]] = _loss(r)
+    """Per value of `key`: the seed-mean curve's best lr and loss, each seed's loss there; the default's gap.
+    The curves are the µTransfer report's, along `key` (a failed run counts as inf)."""
+    curves, per_seed = loss_curves(runs, axis=key), seed_curves(runs, axis=key)
     values = {}
-    for value, by_lr in sorted(curves.items()):
-        best_lr = min(by_lr, key=lambda lr: np.mean(list(by_lr[lr].values())))
-        lrs = sorted(by_lr)
-        values[value] = {"log2_lr": math.log2(best_lr), "edge": best_lr in (lrs[0], lrs[-1]) and len(lrs) > 1,
-                         "seeds": by_lr[best_lr], "loss": mean_ci(by_lr[best_lr].values())}
+    for (_, value), curve in sorted(curves.items(), key=lambda item: float(item[0][1])):
+        best_lr, _ = best_log2_lr(curve)
+        lrs = sorted(curve)
+        seeds = {seed: c.get(best_lr, math.nan) for seed, c in per_seed[("umup", value)].items()}
+        values[float(value)] = {"log2_lr": math.log2(best_lr), "edge": best_lr in (lrs[0], lrs[-1]) and len(lrs) > 1,
+                                "seeds": seeds, "loss": mean_ci(seeds.values())}
     best = min(values, key=lambda v: values[v]["loss"]["mean"])
     default = values.get(1.0)
     gap = math.nan
