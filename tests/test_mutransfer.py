@@ -664,3 +664,47 @@ def test_umup_defaults_sweeps_each_multiplier_alone_and_reports_the_defaults_gap
     assert (tmp_path / "out" / "umup_defaults.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no summary.json|not found"):
         script.main([str(tmp_path / "missing")])
+
+
+def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_path, capsys):
+    """scripts/compare_sweeps.py: OTHER = BASE + 0.01 nats at every lr plus, under µP, a best lr one octave up.
+    The seed noise is common to both (paired), so the gap's CI is 0 where the curves differ by a constant; a failed
+    run makes its lr's gap infinite; the per-width table finds each sweep's best lr and the cost at BASE's."""
+    script = load_script("compare_sweeps")
+
+    def loss(vertex, e, seed):
+        return 2.0 + 0.05 * (e - vertex) ** 2 + 0.03 * seed
+
+    for seed in (0, 1, 2):
+        for e in range(-9, -3):
+            for param, width, vertex_base, vertex_other in (("sp", 64, -7, -7), ("mup", 256, -6, -5)):
+                summary = {"parametrization": param, "width": width, "lr": 2.0 ** e, "seed": seed,
+                           "status": "completed"}
+                write_run(tmp_path / "base" / f"{param}{e}_{seed}",
+                          {**summary, "val_loss": loss(vertex_base, e, seed)}, None)
+                failed = param == "sp" and e == -4 and seed == 2
+                other = {**summary, "val_loss": None if failed else loss(vertex_other, e, seed) + 0.01,
+                         "status": "failed" if failed else "completed"}
+                write_run(tmp_path / "other" / f"{param}{e}_{seed}", other, None)
+    write_run(tmp_path / "other" / "sp_wide", {"parametrization": "sp", "width": 512, "lr": 0.01, "seed": 0,
+                                               "val_loss": 2.0, "status": "completed"}, None)  # not in BASE: left out
+    assert script.main([str(tmp_path / "base"), str(tmp_path / "other"), "--labels", "bf16,fp8",
+                        "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "compare.json").read_text())
+    gaps = {(g["series"], g["width"], g["log2_lr"]): g["gap"] for g in result["gaps"]}
+    assert len(gaps) == 12 and ("sp", 512, math.log2(0.01)) not in gaps
+    assert gaps[("sp", 64, -7.0)]["mean"] == pytest.approx(0.01) and gaps[("sp", 64, -7.0)]["sd"] == pytest.approx(0)
+    assert gaps[("sp", 64, -4.0)]["mean"] == math.inf
+    # µP: the other curve's vertex one octave up: at lr 2^-6 it pays 0.05·1 - 0.05·0 + 0.01
+    assert gaps[("mup", 256, -6.0)]["mean"] == pytest.approx(0.06)
+    best = {b["series"]: b for b in result["best"]}
+    assert best["mup"]["base_log2_lr"] == -6 and best["mup"]["other_log2_lr"] == -5
+    assert best["mup"]["gap_at_base_lr"]["mean"] == pytest.approx(0.06)
+    assert best["sp"]["base_loss"]["mean"] == pytest.approx(2.03)
+    assert best["sp"]["base_loss"]["sd"] == pytest.approx(0.03)
+    text = capsys.readouterr().out
+    assert "| mup | 256 | −6 | −5 |" in text and "| fp8 − bf16 at bf16's lr |" in text
+    assert (tmp_path / "out" / "compare.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        script.main([str(tmp_path / "base"), str(tmp_path / "nowhere")])
+    assert f"sweep folder not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err

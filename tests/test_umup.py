@@ -286,7 +286,7 @@ def test_model_options_it_cannot_build_are_refused(make_cfg):
         with pytest.raises(ValueError, match=match) as exc:
             rule.build_model(config(**options))
         one_line(exc)
-    with pytest.raises(ValueError, match=r"precision=fp8 is not supported: .*Float8Linear") as exc:
+    with pytest.raises(ValueError, match=r"precision=fp8 \(and fp8-emulated\) is not supported: .*Float8Linear") as exc:
         rule.check_run(config(), make_cfg(*UMUP, "precision=fp8"))
     one_line(exc)
 

@@ -19,7 +19,7 @@ from mugpt.recipe import Recipe, plain_dict
 
 class GPTLightningModule(L.LightningModule):
     def __init__(self, model: dict, parametrization: dict, optim: dict, compile_mode: str | None = None,
-                 float8: bool = False, global_batch: int | None = None) -> None:
+                 float8: bool = False, global_batch: int | None = None, float8_emulate: bool = False) -> None:
         super().__init__()
         model, parametrization, optim = plain_dict(model), plain_dict(parametrization), plain_dict(optim)
         self.save_hyperparameters({"model": model, "parametrization": parametrization, "optim": optim,
@@ -28,7 +28,7 @@ class GPTLightningModule(L.LightningModule):
         self.optim_cfg = self.recipe.optim
         self.model: GPT = self.recipe.build_model()
         if float8:  # before compile and before the optimizer's groups are read: the same parameters, new matmuls
-            convert_linears_to_float8(self.model)
+            convert_linears_to_float8(self.model, emulate=float8_emulate)
         # The (compiled) forward is kept off the module tree (in __dict__, past nn.Module's registration), so that
         # checkpoints hold each parameter once, under its plain name: no `_orig_mod.` copy.
         self.__dict__["_forward"] = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
@@ -97,14 +97,16 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 700.0))
 
 
-def convert_linears_to_float8(model: GPT) -> None:
+def convert_linears_to_float8(model: GPT, emulate: bool = False) -> None:
     """torchao's float8 training for the blocks' linear layers (dynamic tensorwise scaling): their matmuls run in
     FP8 on Hopper/Ada GPUs, weights stay fp32. The readout (µP's multiplier sits in its forward) and the
-    embeddings are left in bf16; so is any layer whose dimensions FP8 kernels cannot take (multiples of 16)."""
-    from torchao.float8 import convert_to_float8_training
+    embeddings are left in bf16; so is any layer whose dimensions FP8 kernels cannot take (multiples of 16).
+    emulate: the same casts to E4M3 (inputs, weights) and E5M2 (gradients), then the matmul in the autocast
+    precision: FP8's rounding on any device, without its speed."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
 
     def takes_fp8(module: torch.nn.Module, name: str) -> bool:
         return (name.startswith("blocks.") and isinstance(module, torch.nn.Linear)
                 and module.in_features % 16 == 0 and module.out_features % 16 == 0)
 
-    convert_to_float8_training(model, module_filter_fn=takes_fp8)
+    convert_to_float8_training(model, module_filter_fn=takes_fp8, config=Float8LinearConfig(emulate=emulate))

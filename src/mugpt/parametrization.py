@@ -517,9 +517,9 @@ class UnitScaledParametrization(Parametrization):
                              f"is not supported: inductor fails on unit-scaling's scale_bwd autograd function inside "
                              f"a checkpointed block (torch {torch.__version__}); use one of the two")
         if cfg.precision.get("float8"):
-            raise ValueError("parametrization=umup: precision=fp8 is not supported: torchao swaps the blocks' "
-                             "linear layers for Float8Linear, which drops unit-scaling's scale factors; use "
-                             "precision=bf16-mixed")
+            raise ValueError("parametrization=umup: precision=fp8 (and fp8-emulated) is not supported: torchao "
+                             "swaps the blocks' linear layers for Float8Linear, which drops unit-scaling's scale "
+                             "factors; use precision=bf16-mixed")
 
     def build_model(self, config: GPTConfig) -> nn.Module:
         """The unit-scaled GPT, drawn from the current torch RNG state (every weight N(0, 1), biases 0, gains 1)."""

@@ -74,11 +74,13 @@ def check_kernels(cfg: DictConfig, model: GPTConfig) -> None:
         if importlib.util.find_spec("liger_kernel") is None:
             raise ConfigError("model.loss_impl=fused needs liger-kernel: pip install -e '.[gpu]'")
     if cfg.precision.get("float8"):
-        if not on_cuda or torch.cuda.get_device_capability() < (8, 9):
-            raise ConfigError("precision=fp8: FP8 matmuls need an NVIDIA GPU of compute capability "
-                              "8.9 or newer (Ada, Hopper); use precision=bf16-mixed here")
+        emulate = bool(cfg.precision.get("float8_emulate"))  # FP8's rounding without FP8 matmuls: any device
         if importlib.util.find_spec("torchao") is None:
-            raise ConfigError("precision=fp8: needs torchao (pip install torchao)")
+            raise ConfigError(f"precision={'fp8-emulated' if emulate else 'fp8'}: needs torchao (pip install torchao)")
+        if not emulate and (not on_cuda or torch.cuda.get_device_capability() < (8, 9)):
+            raise ConfigError("precision=fp8: FP8 matmuls need an NVIDIA GPU of compute capability "
+                              "8.9 or newer (Ada, Hopper); use precision=bf16-mixed here, or "
+                              "precision=fp8-emulated for FP8's rounding without its speed")
 
 
 def check_precision(precision: str) -> None:
@@ -293,7 +295,8 @@ def build_module(cfg: DictConfig, datamodule, resume_from: tuple[Path, Path] | N
     optimizer step over all processes (optim.batch_lr_rule reads it)."""
     model_cfg = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": datamodule.vocab_size}
     module = GPTLightningModule(model_cfg, cfg.parametrization, cfg.optim, compile_mode=cfg.compile.mode,
-                                float8=bool(cfg.precision.get("float8", False)), global_batch=global_batch)
+                                float8=bool(cfg.precision.get("float8", False)), global_batch=global_batch,
+                                float8_emulate=bool(cfg.precision.get("float8_emulate", False)))
     if resume_from is not None:
         check_compatible(resume_from[0], dict(module.hparams))
     n_params = module.model.num_params()
