@@ -10,9 +10,10 @@ e.g. the optimizer-transfer sweeps of AdamW run once per precision (README, "FP8
 
 Per (parametrization, width, lr) run in both, the gap OTHER − BASE is taken seed by seed (the same seed draws the
 same initialisation and batches in both, so the pair cancels most of the seed noise) and reported as mean ± 95%
-CI over seeds; a diverged or failed run counts as +inf, as in the µTransfer report. Per (parametrization, width):
-each sweep's best lr (on its seed-mean curve) and best loss, and OTHER's gap at BASE's best lr: the price of
-switching the option without re-tuning. Writes compare.md, compare.json and compare.png into --out.
+CI over the seeds that finished in both; the runs that diverged or failed (+inf in the µTransfer report) are
+counted beside it, per sweep. Per (parametrization, width): each sweep's best lr (on its seed-mean curve) and
+best loss, and OTHER's gap at BASE's best lr: the price of switching the option without re-tuning.
+Writes compare.md, compare.json and compare.png into --out.
 """
 
 import argparse
@@ -38,8 +39,10 @@ def compare(base_rows: list[dict], other_rows: list[dict]) -> dict:
         for lr in lrs:
             a = [base[key][s].get(lr, math.nan) for s in seeds]
             b = [other[key][s].get(lr, math.nan) for s in seeds]
+            both = [(x, y) for x, y in zip(a, b) if math.isfinite(x) and math.isfinite(y)]
             gaps.append({"series": series, "width": width, "log2_lr": math.log2(lr), "base": mean_ci(a),
-                         "other": mean_ci(b), "gap": mean_ci(y - x for x, y in zip(a, b))})
+                         "other": mean_ci(b), "gap": mean_ci(y - x for x, y in both),
+                         "diverged": [sum(v == math.inf for v in a), sum(v == math.inf for v in b)]})
         base_lr, _ = best_log2_lr(base_mean[key])
         other_lr, _ = best_log2_lr(other_mean[key])
         at_base_lr = [other[key][s].get(base_lr, math.nan) - base[key][s].get(base_lr, math.nan) for s in seeds]
@@ -67,13 +70,14 @@ def format_compare(result: dict, labels: tuple[str, str]) -> str:
         lines.append(f"| {b['series']} | {b['width']} | {_lr(b['base_log2_lr'])} | {_lr(b['other_log2_lr'])} | "
                      f"{format_sd(b['base_loss'], count=False)} | {format_sd(b['other_loss'], count=False)} | "
                      f"{format_ci(b['gap_at_base_lr'], '+.4f', count=False)} |")
-    lines += ["", f"Every lr run in both: {other} − {base} (nats), mean ± 95% CI over seeds, paired by seed.", "",
-              f"| param. | width | log2 lr | {base} | {other} | {other} − {base} | seeds |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", f"Every lr run in both: {other} − {base} (nats), mean ± 95% CI over the seeds that finished in both, "
+              f"paired by seed; the losses: mean ± sd (inf where a seed diverged).", "",
+              f"| param. | width | log2 lr | {base} | {other} | {other} − {base} | seeds | diverged {base} / {other} |",
+              "|---|---|---|---|---|---|---|---|"]
     for g in result["gaps"]:
         lines.append(f"| {g['series']} | {g['width']} | {_lr(g['log2_lr'])} | {format_sd(g['base'], count=False)} | "
                      f"{format_sd(g['other'], count=False)} | {format_ci(g['gap'], '+.4f', count=False)} | "
-                     f"{g['gap']['n']} |")
+                     f"{g['gap']['n']} | {g['diverged'][0]} / {g['diverged'][1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -669,7 +669,8 @@ def test_umup_defaults_sweeps_each_multiplier_alone_and_reports_the_defaults_gap
 def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_path, capsys):
     """scripts/compare_sweeps.py: OTHER = BASE + 0.01 nats at every lr plus, under µP, a best lr one octave up.
     The seed noise is common to both (paired), so the gap's CI is 0 where the curves differ by a constant; a failed
-    run makes its lr's gap infinite; the per-width table finds each sweep's best lr and the cost at BASE's."""
+    run is counted and left out of its lr's gap; the per-width table finds each sweep's best lr and the cost at
+    BASE's."""
     script = load_script("compare_sweeps")
 
     def loss(vertex, e, seed):
@@ -694,7 +695,9 @@ def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_pat
     gaps = {(g["series"], g["width"], g["log2_lr"]): g["gap"] for g in result["gaps"]}
     assert len(gaps) == 12 and ("sp", 512, math.log2(0.01)) not in gaps
     assert gaps[("sp", 64, -7.0)]["mean"] == pytest.approx(0.01) and gaps[("sp", 64, -7.0)]["sd"] == pytest.approx(0)
-    assert gaps[("sp", 64, -4.0)]["mean"] == math.inf
+    failed = next(g for g in result["gaps"] if g["series"] == "sp" and g["log2_lr"] == -4.0)
+    assert failed["diverged"] == [0, 1] and failed["other"]["mean"] == math.inf
+    assert failed["gap"]["n"] == 2 and failed["gap"]["mean"] == pytest.approx(0.01)  # over the seeds both finished
     # µP: the other curve's vertex one octave up: at lr 2^-6 it pays 0.05·1 - 0.05·0 + 0.01
     assert gaps[("mup", 256, -6.0)]["mean"] == pytest.approx(0.06)
     best = {b["series"]: b for b in result["best"]}
