@@ -265,3 +265,48 @@ def test_cli_refuses_a_missing_gpu(tmp_path):
     proc = run_cli("device=cuda", cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: device=cuda: no CUDA GPU on this machine (use device=cpu)"
+
+
+def test_gpu_mfu_table_reads_the_rows_and_judges_the_goals(tmp_path, capsys):
+    """scripts/gpu/mfu_table.py on a results folder shaped like mfu_past_50.sh's: MFU is the mean of the logged
+    windows after the first, MFU at the held clock scales it by max / median sampled clock, the fp8 speed-up and
+    loss gap are fused_fp8 against fused, a row without a summary and a skipped row are listed as not measured."""
+    from conftest import load_script
+
+    script = load_script("gpu/mfu_table")
+    (tmp_path / "gpu.csv").write_text("name, clocks.max.sm [MHz], power.limit [W]\nNVIDIA H200, 1980 MHz, 700.00 W\n")
+    rows = {"full": (64, 400_000.0, [0.20, 0.44, 0.46], 3.41, 6.00),  # batch, tokens/s, MFU windows, val, peak GB
+            "fused": (64, 450_000.0, [0.1, 0.50, 0.52], 3.40, 5.50),
+            "fused_fp8": (64, 585_000.0, [0.1, 0.66, 0.68], 3.39, 5.51)}
+    for name, (batch, tps, mfus, val, peak_gb) in rows.items():
+        run = tmp_path / name
+        (run / "csv" / "version_0").mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "steps": 60, "tokens_per_sec": tps,
+                                                      "val_loss": val, "peak_memory_mb": peak_gb * 1024,
+                                                      "logits_memory_mb": 100.0}))
+        (run / "config.yaml").write_text(f"data:\n  batch_size: {batch}\nmodel:\n  loss_impl: full\n"
+                                         f"precision:\n  lightning: bf16-mixed\n  float8: {name == 'fused_fp8'}\n")
+        metrics = "step,perf/mfu,train/loss\n" + "".join(f"{10 * (i + 1)},{m},3.5\n9,,3.6\n"
+                                                          for i, m in enumerate(mfus))
+        (run / "csv" / "version_0" / "metrics.csv").write_text(metrics)
+    (tmp_path / "full.clocks.csv").write_text("clocks.sm [MHz], power.draw [W]\n1980 MHz, 500 W\n1800 MHz, 690 W\n"
+                                              "1800 MHz, 699 W\n")
+    (tmp_path / "rows.txt").write_text("full rc=0 at 100s\nfused rc=0 at 230s\nfused_fp8 rc=0 at 360s\n"
+                                       "chunked rc=124 at 510s\nfused_b96 skipped: 510s used of BUDGET=540s\n")
+    assert script.main([str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "mfu_table.json").read_text())
+    by_row = {r["row"]: r for r in result["rows"]}
+    assert set(by_row) == {"full", "fused", "fused_fp8"}
+    assert by_row["full"]["mfu"] == pytest.approx(0.45)  # (0.44 + 0.46) / 2: the first window left out
+    assert by_row["full"]["mfu_at_held_clock"] == pytest.approx(0.45 * 1980 / 1800)
+    assert math.isnan(by_row["fused"]["mfu_at_held_clock"])  # no clock samples for it
+    assert by_row["fused_fp8"]["float8"] and by_row["full"]["peak_memory_gb"] == pytest.approx(6.0)
+    mfu_goal = next(g for g in result["goals"] if g["goal"].startswith("MFU"))
+    assert mfu_goal["measured"] == pytest.approx(0.51) and mfu_goal["met"] is True  # fused; fp8's 0.67 not counted
+    fp8_speed = next(g for g in result["goals"] if "tokens/s" in g["goal"])
+    assert fp8_speed["measured"] == pytest.approx(1.3) and fp8_speed["met"] is True
+    fp8_loss = next(g for g in result["goals"] if "val loss" in g["goal"])
+    assert fp8_loss["measured"] == pytest.approx(-0.01) and fp8_loss["met"] is True
+    text = capsys.readouterr().out
+    assert "NVIDIA H200" in text and "not measured: fused_b96 skipped" in text
+    assert "not measured: chunked rc=124 at 510s (no summary.json: see chunked.log)" in text

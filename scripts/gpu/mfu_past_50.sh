@@ -9,7 +9,8 @@
 # fused at batch 96. Each run's summary.json (tokens/s, peak memory, logits memory) and log go into one
 # tarball, re-packed after every row; a row that would end past BUDGET seconds (default 540, under the device
 # tool's 600 s limit) is skipped and says so in rows.txt, so a slow machine still returns what it measured.
-# MFU is read from the logs' perf/mfu against the card's peak (mugpt.callbacks.PEAK_FLOPS).
+# MFU is read from the logs' perf/mfu against the card's peak (mugpt.callbacks.PEAK_FLOPS); the table and the
+# goals met or not come back as mfu_table.md (scripts/gpu/mfu_table.py, which also reads a results folder here).
 # EXTRA=1 instead runs the full row with compile=max-autotune-no-cudagraphs and with coordinate-descent
 # tuning (a second call). DRY=1 prints the commands instead of running them (how it was checked on a CPU).
 WHEELS="liger-kernel"
@@ -35,9 +36,14 @@ for row in "${ROWS[@]}"; do
   if [ "$((SECONDS + ROW_SECONDS))" -gt "$BUDGET" ]; then
     echo "$name skipped: ${SECONDS}s used of BUDGET=${BUDGET}s" >> "$RES/rows.txt"; continue
   fi
+  # the SM clock and power while the row runs: MFU against the clock the card held (an H100 at its power cap)
+  nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv -lms 500 > "$RES/$name.clocks.csv" 2>/dev/null &
+  sampler=$!
   # shellcheck disable=SC2086
   run timeout 150 python src/train.py "${COMMON[@]}" $extra "hydra.run.dir=$RES/$name" > "$RES/$name.log" 2>&1
   echo "$name rc=$? at ${SECONDS}s" >> "$RES/rows.txt"
+  kill "$sampler" 2>/dev/null
   pack > /dev/null
 done
+[ "${DRY:-0}" = 1 ] || python scripts/gpu/mfu_table.py "$RES" > "$RES/mfu_table.log" 2>&1
 pack
