@@ -126,23 +126,25 @@ def plot(result: dict, labels: tuple[str, str], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("base", type=Path, help="the reference sweep's folder (any depth of summary.json files)")
-    parser.add_argument("other", type=Path, help="the same grid with one option changed")
+    parser.add_argument("base", help="the reference sweep's folder (any depth of summary.json files); several "
+                                     "folders read as one sweep: join them with commas")
+    parser.add_argument("other", help="the same grid with one option changed (folders as for base)")
     parser.add_argument("--labels", default="base,other", help="two comma-separated names for the table (base,other)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: OTHER/compare)")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: OTHER's first folder/compare)")
     args = parser.parse_args(argv)
     labels = tuple(args.labels.split(","))
     if len(labels) != 2 or not all(labels):
         parser.error(f"--labels takes two comma-separated names, got {args.labels!r}")
-    for folder in (args.base, args.other):
+    base, other = ([Path(f) for f in side.split(",")] for side in (args.base, args.other))
+    for folder in base + other:
         if not folder.is_dir():
             parser.error(f"sweep folder not found: {folder}")
     try:
-        result = compare(read_summaries(args.base), read_summaries(args.other))
+        result = compare(read_summaries(base), read_summaries(other))
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = args.out or args.other / "compare"
+    out = args.out or other[0] / "compare"
     out.mkdir(parents=True, exist_ok=True)
     text = format_compare(result, labels)
     (out / "compare.md").write_text(text)

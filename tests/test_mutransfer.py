@@ -667,7 +667,8 @@ def test_umup_defaults_sweeps_each_multiplier_alone_and_reports_the_defaults_gap
 
 
 def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_path, capsys):
-    """scripts/compare_sweeps.py: OTHER = BASE + 0.01 nats at every lr plus, under µP, a best lr one octave up.
+    """scripts/compare_sweeps.py: OTHER = BASE + 0.01 nats at every lr plus, under µP, a best lr one octave up
+    (OTHER given as two folders, µP's runs in the second).
     The seed noise is common to both (paired), so the gap's CI is 0 where the curves differ by a constant; a failed
     run is counted and left out of its lr's gap; the per-width table finds each sweep's best lr and the cost at
     BASE's."""
@@ -686,10 +687,10 @@ def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_pat
                 failed = param == "sp" and e == -4 and seed == 2
                 other = {**summary, "val_loss": None if failed else loss(vertex_other, e, seed) + 0.01,
                          "status": "failed" if failed else "completed"}
-                write_run(tmp_path / "other" / f"{param}{e}_{seed}", other, None)
-    write_run(tmp_path / "other" / "sp_wide", {"parametrization": "sp", "width": 512, "lr": 0.01, "seed": 0,
-                                               "val_loss": 2.0, "status": "completed"}, None)  # not in BASE: left out
-    assert script.main([str(tmp_path / "base"), str(tmp_path / "other"), "--labels", "bf16,fp8",
+                write_run(tmp_path / ("other2" if param == "mup" else "other") / f"{param}{e}_{seed}", other, None)
+    write_run(tmp_path / "other2" / "sp_wide", {"parametrization": "sp", "width": 512, "lr": 0.01, "seed": 0,
+                                                "val_loss": 2.0, "status": "completed"}, None)  # not in BASE: left out
+    assert script.main([str(tmp_path / "base"), f"{tmp_path / 'other'},{tmp_path / 'other2'}", "--labels", "bf16,fp8",
                         "--out", str(tmp_path / "out")]) == 0
     result = json.loads((tmp_path / "out" / "compare.json").read_text())
     gaps = {(g["series"], g["width"], g["log2_lr"]): g["gap"] for g in result["gaps"]}
