@@ -356,7 +356,10 @@ def build_trainer(cfg: DictConfig, run: Run, callbacks: list[L.Callback], proces
         kwargs.pop(key, None)
     trainer = L.Trainer(
         **{**kwargs, "strategy": build_strategy(cfg.trainer.get("strategy", "auto")),
-           "accumulate_grad_batches": accumulate},
+           "accumulate_grad_batches": accumulate,
+           # torchao's float8 tensors refuse autocast's cast under torch.inference_mode ("aten.to.dtype is not
+           # supported"), which Lightning's validate() outside fit uses: evaluate them under no_grad instead
+           **({"inference_mode": False} if cfg.precision.get("float8") else {})},
         val_check_interval=min(cfg.eval_every, cfg.trainer.max_steps) * accumulate,
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
         precision=str(cfg.precision.lightning), logger=False, callbacks=callbacks,
