@@ -98,7 +98,7 @@ def _cell(value, fmt: str) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
 
 
-def format_table(card: dict, rows: dict[str, dict], met: list[dict], skipped: list[str]) -> str:
+def format_table(card: dict, rows: dict[str, dict], met: list[dict], not_measured: list[str]) -> str:
     lines = [f"{card['name']} (max SM clock {_cell(card['max_sm_mhz'], '.0f')} MHz); GPT-2 124M, block 1024, "
              f"compile=default; MFU against the card's dense bf16 peak.", "",
              "| row | batch | steps | tokens/s | MFU | MFU at the held clock (median SM MHz) | peak memory (GB) "
@@ -108,7 +108,7 @@ def format_table(card: dict, rows: dict[str, dict], met: list[dict], skipped: li
                      f"{_cell(r['mfu'], '.1%')} | {_cell(r['mfu_at_held_clock'], '.1%')} "
                      f"({_cell(r['median_sm_mhz'], '.0f')}) | {_cell(r['peak_memory_gb'], '.1f')} | "
                      f"{_cell(r['logits_memory_mb'], ',.0f')} | {_cell(r['val_loss'], '.4f')} |")
-    lines += [""] + [f"- not measured: {s}" for s in skipped]
+    lines += [""] + [f"- not measured: {s}" for s in not_measured]
     for g in met:
         verdict = {True: "met", False: "not met", None: "not measured"}[g["met"]]
         lines.append(f"- {g['goal']}: {_cell(g['measured'], '.3f')}, **{verdict}**")
@@ -124,15 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {rows_txt} not found: RESULTS_DIR must be the unpacked mfu.tar.gz", file=sys.stderr)
         return 2
     card = read_card(args.results)
-    names, skipped = [], []
+    rows, not_measured = {}, []
     for line in rows_txt.read_text().splitlines():
         name, _, rest = line.partition(" ")
-        (skipped.append(line) if rest.startswith("skipped") else names.append(name))
-    rows = {n: r for n in names if (r := read_row(args.results, n, card["max_sm_mhz"])) is not None}
-    skipped += [f"{line} (no summary.json: see {line.split()[0]}.log)" for line in rows_txt.read_text().splitlines()
-                if line.split()[0] in set(names) - set(rows)]
+        if rest.startswith("skipped"):
+            not_measured.append(line)
+        elif (row := read_row(args.results, name, card["max_sm_mhz"])) is None:
+            not_measured.append(f"{line} (no summary.json: see {name}.log)")
+        else:
+            rows[name] = row
     met = goals(card, rows)
-    text = format_table(card, rows, met, skipped)
+    text = format_table(card, rows, met, not_measured)
     (args.results / "mfu_table.md").write_text(text)
     (args.results / "mfu_table.json").write_text(json.dumps({"card": card, "rows": list(rows.values()),
                                                              "goals": met}, indent=1) + "\n")
