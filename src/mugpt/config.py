@@ -12,7 +12,10 @@ helper); importing a module registers nothing.
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,22 +203,129 @@ def compose_training_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
-def composition_error_line(exc: BaseException) -> str:
+def composition_error_line(exc: BaseException, overrides: Sequence[str] = ()) -> str:
     """Hydra's composition error in one line that still names the option: its first line, the cause's first line
-    (the type or key problem), and for an unknown group option the options there are."""
+    (the type or key problem), for an unknown group option the options there are, and for a misspelt key, option
+    or group the nearest existing ones (`; did you mean model.width?`). `overrides`: the run's command line, so
+    that the keys offered are those of the run's own groups (optim=muon's keys, not adamw's)."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     cause = exc.__cause__
-    if cause is not None and str(cause).strip():
-        return f"{first.rstrip('.')} ({str(cause).strip().splitlines()[0]})"
     options = [line.strip() for line in str(exc).splitlines() if line.startswith("\t")]
     options = [o for o in options if not o.startswith(("schema", "provider="))]
-    return f"{first} (choose one of {', '.join(options)})" if options else first
+    if cause is not None and str(cause).strip():
+        line = f"{first.rstrip('.')} ({str(cause).strip().splitlines()[0]})"
+    elif options:
+        line = f"{first} (choose one of {', '.join(options)})"
+    else:
+        line = first
+    try:
+        hints = _misspelling_hints(str(exc), options, overrides)
+    except Exception:  # a hint is a courtesy: the error itself must still be reported
+        hints = []
+    return f"{line.rstrip('.')}; did you mean {_or_list(hints)}?" if hints else line
+
+
+def _misspelling_hints(message: str, options: list[str], overrides: Sequence[str]) -> list[str]:
+    """The nearest existing names to the one Hydra refused in `message` (up to 3), or none."""
+    missing_option = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+    if missing_option:
+        return _nearest(missing_option.group(2), options)
+    refused = re.search(r"Could not override '([^']+)'|Could not delete from config\. '([^']+)' does not exist",
+                        message)
+    if not refused:
+        return []
+    key = refused.group(1) or refused.group(2)
+    reference = _reference_config([o for o in overrides if _override_key(o) != key])
+    if reference is None:
+        return []
+    config, groups = reference
+    if "/" in key:  # a group's path (hydra/launcher=basic): its siblings are the groups under the same parent
+        parts, sep = key.split("/"), "/"
+
+        def children(path: list[str]) -> list[str] | None:
+            return groups.get("/".join(path))
+    else:
+        parts, sep = key.split("."), "."
+
+        def children(path: list[str]) -> list[str] | None:
+            node = OmegaConf.select(config, ".".join(path)) if path else config
+            if not isinstance(node, DictConfig):
+                return None
+            # a misspelt group name (optm=adamw) is refused as a top-level key: the groups are candidates there
+            return [str(k) for k in node.keys()] + (groups.get("", []) if not path else [])
+    return [sep.join(path) for path in _nearest_paths(parts, children)]
+
+
+def _nearest_paths(parts: list[str], children: Callable[[list[str]], list[str] | None]) -> list[list[str]]:
+    """Existing paths closest to `parts`, level by level: the first misspelt level offers up to 3 names, each
+    later misspelt level its single nearest (so `optm.lrr` still becomes optim.lr). Paths that go below a value,
+    or have a level with nothing close, are dropped; so is the path itself when it exists."""
+    paths: list[list[str]] = [[]]
+    for part in parts:
+        extended = []
+        for path in paths:
+            names = children(path)
+            if names is None:
+                continue
+            if part in names:
+                extended.append([*path, part])
+            else:
+                matches = _nearest(part, names)
+                extended += [[*path, m] for m in (matches if path == parts[:len(path)] else matches[:1])]
+        paths = extended
+    return [p for p in paths if p != parts][:3]
+
+
+def _nearest(word: str, names: Sequence[str]) -> list[str]:
+    """Up to 3 of `names` like `word` (difflib's ratio, ignoring case, at least 0.6), keeping only those nearly as
+    close as the best: `adamww` gets adamw, not adam as well."""
+    scored = sorted({(-difflib.SequenceMatcher(None, word.lower(), n.lower()).ratio(), n) for n in names})
+    close = [(-score, n) for score, n in scored if -score >= 0.6]
+    return [n for score, n in close[:3] if score >= close[0][0] - 0.1]
+
+
+def _or_list(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _override_key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _reference_config(overrides: list[str]) -> tuple[DictConfig, dict[str, list[str]]] | None:
+    """The config the run would have without its refused override (or, should another one fail too, the default
+    config), with Hydra's node, and every config group's subgroups by parent path ('' for the top level)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    held = GlobalHydra.instance().hydra  # a caller's own Hydra, given back afterwards
+    for attempt in (overrides, []):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                config = compose(config_name="config", overrides=attempt, return_hydra_config=True)
+                loader = GlobalHydra.instance().config_loader()
+                groups: dict[str, list[str]] = {}
+                pending = [""]
+                while pending:
+                    parent = pending.pop()
+                    groups[parent] = loader.list_groups(parent)
+                    pending += [f"{parent}/{g}".lstrip("/") for g in groups[parent]]
+                return config, groups
+        except Exception:
+            continue
+        finally:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().hydra = held
+    return None
 
 
 def check_overrides(overrides: list[str]) -> DictConfig:
     """Compose a single run's config from its command-line overrides, as Hydra is about to, so that a type error,
-    an unknown key or an unknown option is one line (a ConfigError) instead of Hydra's report. Returns the
-    config with Hydra's node (hydra.run.dir resolved by the caller)."""
+    an unknown key or an unknown option is one line (a ConfigError) instead of Hydra's report, with the nearest
+    existing names when one is misspelt. Returns the config with Hydra's node (hydra.run.dir resolved by the
+    caller)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -229,7 +339,7 @@ def check_overrides(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(config_name="config", overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise ConfigError(composition_error_line(exc)) from exc
+        raise ConfigError(composition_error_line(exc, overrides)) from exc
     finally:
         GlobalHydra.instance().clear()
 

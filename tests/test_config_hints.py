@@ -1,0 +1,81 @@
+"""A misspelt key, group option or group name on the command line is refused in one line that offers the nearest
+existing names (mugpt.config.check_overrides, as src/train.py calls it before Hydra runs)."""
+
+import pytest
+
+from conftest import run_train_cli
+from mugpt.config import check_overrides
+from mugpt.errors import ConfigError
+
+HINT = "; did you mean "
+
+
+def refusal(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        check_overrides(list(overrides))
+    return str(exc.value)
+
+
+def hint(*overrides: str) -> str | None:
+    """What the one-line refusal suggests (`model.width`), or None when it suggests nothing."""
+    message = refusal(*overrides)
+    assert "\n" not in message
+    if HINT not in message:
+        return None
+    assert message.endswith("?")
+    return message.split(HINT, 1)[1][:-1]
+
+
+def test_a_misspelt_key_gets_the_nearest_key_with_its_full_path():
+    assert refusal("model.widht=128") == ("Could not override 'model.widht' (Key 'widht' is not in struct); "
+                                          "did you mean model.width?")
+    assert hint("trainer.max_step=3") == "trainer.max_steps"
+    assert hint("seedd=1") == "seed"
+
+
+def test_a_key_two_levels_deep_and_in_a_structured_schema():
+    assert hint("optim.weight_decy=0.1") == "optim.weight_decay"  # not weight_decay_timescale as well
+    assert hint("hydra.run.dirr=x") == "hydra.run.dir"
+    assert hint("checkpoint.every_n_step=5") == "checkpoint.every_n_steps"
+
+
+def test_the_keys_offered_are_those_of_the_groups_the_run_chose():
+    assert hint("optim=muon", "optim.adamw_lrr=1e-3") == "optim.adamw_lr"  # a key adamw's schema lacks
+    assert hint("data=shards", "data.tokenizr=gpt2") == "data.tokenizer"
+
+
+def test_delete_form_gets_the_hint_too():
+    assert refusal("~model.widht") == ("Could not delete from config. 'model.widht' does not exist; "
+                                       "did you mean model.width?")
+    assert hint("~optim.weight_decy") == "optim.weight_decay"
+
+
+def test_an_unknown_group_option_gets_the_nearest_option():
+    message = refusal("optim=adamww")
+    assert message == ("In 'config': Could not find 'optim/adamww' (choose one of adafactor, adagrad, adam, adam8bit, "
+                       "adam_atan2, adamw, muon, rmsprop, sgd); did you mean adamw?")
+    assert hint("+optim=adamww") == "adamw"
+    assert hint("precision=bf16-mixd") == "bf16-mixed"
+    assert hint("model=tinyy") == "tiny"
+
+
+def test_a_misspelt_group_name():
+    assert hint("optm=adamw") == "optim"
+    assert hint("optm.lrr=1") == "optim.lr"  # each misspelt level corrected
+    assert hint("hydra/launchr=basic") == "hydra/launcher"
+
+
+def test_nothing_close_means_no_suggestion():
+    assert refusal("model.zzzzzz=1") == "Could not override 'model.zzzzzz' (Key 'zzzzzz' is not in struct)"
+    assert hint("optim=zzzzzz") is None
+    assert hint("model.width.x=1") is None  # below a value: there are no keys to offer
+    assert hint("optim.lr=abc") is None  # a type error, not a misspelling
+
+
+def test_train_cli_refuses_a_misspelt_key_in_one_line(tmp_path, cache_dir):
+    proc = run_train_cli(["model.widht=128", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
+                         cache_dir, timeout=300)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == ("error: Could not override 'model.widht' (Key 'widht' is not in struct); "
+                           "did you mean model.width?\n")
+    assert not (tmp_path / "run").exists()
