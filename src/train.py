@@ -1,8 +1,12 @@
 """Train a GPT-2 (SP or µP) with the config in conf/: `python src/train.py [overrides]`, `-m` for sweeps."""
 
+import json
 import logging
 import math
+import shutil
+import signal
 import sys
+from pathlib import Path
 
 from mugpt.runtime import reexec_with_heap_reuse
 
@@ -12,9 +16,9 @@ if __name__ == "__main__":
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mugpt.config import check_overrides, register_configs  # noqa: E402
+from mugpt.config import register_configs  # noqa: E402
 from mugpt.errors import ConfigError, OneLineError  # noqa: E402
-from mugpt.run import check_writable_dir  # noqa: E402
+from mugpt.sweep import check_launch  # noqa: E402
 from mugpt.training import train  # noqa: E402
 
 log = logging.getLogger("mugpt")
@@ -36,10 +40,14 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    register_configs()  # again here: a launcher (submitit) can run this function in a process of its own
+    register_configs()  # again here: a launcher (submitit, Ray) can run this function in a process of its own
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = train(cfg)
+    except KeyboardInterrupt as exc:
+        # Ctrl-C before training started, or a second Ctrl-C: recorded as interrupted; a sweep stops here too
+        print(f"interrupted: {exc}" if str(exc) else "interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as exc:
         # A refused option or path, a checkpoint that could not be written: its one-line message, no traceback.
         # In a sweep a failed job is recorded (summary.json says failed) and the others go on.
@@ -48,15 +56,15 @@ def main(cfg: DictConfig) -> float | None:
                 log.error("job %s, the sweep goes on: %s", "refused" if isinstance(exc, ConfigError) else "failed",
                           exc)
                 return None
+            if isinstance(exc, ConfigError):
+                remove_refused_launch(Path(HydraConfig.get().runtime.output_dir))
             sys.exit(f"error: {exc}")
         if multirun:
             log.exception("job failed; the sweep goes on")
             return None
         raise
-    if summary["status"] == "interrupted" and HydraConfig.get().mode == RunMode.MULTIRUN:
-        # a preemption signal is meant for the whole process: stop the sweep instead of starting the next job
-        log.warning("preempted: the sweep stops after job %s; relaunch it with resume=auto", HydraConfig.get().job.num)
-        raise SystemExit(0)
+    if summary["status"] == "interrupted":
+        end_interrupted(summary, multirun, HydraConfig.get().job.num if multirun else None)
     # The objective for Hydra sweepers such as Optuna. A diverged run ranks last (its val_loss is NaN, or was
     # measured on diverging weights); a missing or non-finite loss is no result (Optuna records a failed trial).
     if summary["status"] == "diverged":
@@ -65,20 +73,51 @@ def main(cfg: DictConfig) -> float | None:
     return val_loss if val_loss is not None and math.isfinite(val_loss) else None
 
 
-def check_single_run(overrides: list[str]) -> None:
-    """A single run's overrides, composed once before Hydra runs it: a type error, an unknown key or option, or a
-    run directory that cannot be written is one line. Sweeps (-m) and Hydra's own flags are left to Hydra."""
-    if any(arg.startswith("-") for arg in overrides):
+def end_interrupted(summary: dict, multirun: bool, job: int | None) -> None:
+    """A run stopped cleanly by a signal (its checkpoint saved). SIGUSR2 under SLURM: hand the signal on to the
+    launcher's own handler (submitit's requeues the job, which resume=auto then continues). Ctrl-C: exit 130, the
+    sweep stops. A scheduler's SIGTERM/SIGUSR1 is meant for the whole process: the sweep stops after this job."""
+    name = summary.get("signal")
+    handler = signal.getsignal(signal.SIGUSR2) if name == "SIGUSR2" else None
+    if callable(handler) and handler is not signal.default_int_handler:
+        log.warning("SIGUSR2: handing over to the launcher's handler (a SLURM requeue)")
+        signal.raise_signal(signal.SIGUSR2)
+    if name == "SIGINT":
+        raise SystemExit(130)
+    if multirun:
+        log.warning("preempted: the sweep stops after job %s; relaunch it with resume=auto", job)
+        raise SystemExit(0)
+
+
+# What Hydra writes into a run directory before the task runs, and what a refused task adds: a launch refused
+# before any work leaves nothing else there, so its folder can go (its one-line error says everything).
+LAUNCH_ONLY = {".hydra", "train.log", "summary.json", "summary.refused.json"}
+
+
+def remove_refused_launch(run_dir: Path) -> None:
+    """Remove the run directory of a launch refused before any work, when it holds nothing but what the launch
+    itself wrote (an explicit hydra.run.dir with an earlier run's files in it is left as it is)."""
+    if not run_dir.is_dir() or any(p.name not in LAUNCH_ONLY for p in run_dir.iterdir()):
         return
-    try:
-        cfg = check_overrides(overrides)
-        check_writable_dir(cfg.hydra.run.dir, "hydra.run.dir")
-    except ConfigError as exc:
-        sys.exit(f"error: {exc}")
+    summary = run_dir / "summary.json"
+    if summary.is_file() and not json.loads(summary.read_text()).get("refused", False):
+        return
+    logging.shutdown()  # Hydra's file handler holds train.log open
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:  # outputs/DATE/ and outputs/ when this launch made them
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 if __name__ == "__main__":
     sys.argv = [normalise_precision_override(a) for a in sys.argv]
     register_configs()  # before Hydra composes: the schemas conf/optim/, conf/data/ start from; ${pow2:...}
-    check_single_run(sys.argv[1:])
+    try:
+        # every job of the launch composed and checked (a misspelt key, a refused option) before Hydra makes a
+        # folder: a refused launch leaves outputs/ as it was, and a sweep with a bad job does not start
+        check_launch(sys.argv[1:])
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
     main()

@@ -23,7 +23,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from conftest import TINY, run_train_cli
 from mugpt.data import TextDataModule, _exclusive
-from mugpt.errors import CheckpointWriteError, ConfigError
+from mugpt.errors import CheckpointWriteError, ConfigError, RunInterrupted
 from mugpt.training import train
 
 pytestmark = pytest.mark.slow
@@ -211,15 +211,18 @@ def test_two_runs_started_together_on_a_cold_cache(tmp_path):
 
 # ------------------------------------------------------------------- 6. SIGTERM at awkward moments
 class SignalAt(L.Callback):
-    """Sends this process SIGTERM: at the first validation batch, or `delay` seconds into the first step."""
+    """Sends this process `signum` (SIGTERM by default): at the first validation batch, `delay` seconds into the
+    first step, or (`twice`) two Ctrl-Cs in a row at the start of step 7."""
 
-    def __init__(self, when: str, delay: float = 0.2) -> None:
-        self.when, self.delay, self.sent_at_step = when, delay, None
+    def __init__(self, when: str, delay: float = 0.2, signum: int = signal.SIGTERM) -> None:
+        self.when, self.delay, self.sent_at_step, self.signum = when, delay, None, signum
 
     def _send(self, trainer) -> None:
         if self.sent_at_step is None:
             self.sent_at_step = trainer.global_step
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
+            if self.when == "twice":
+                os.kill(os.getpid(), self.signum)
 
     def on_validation_batch_start(self, trainer, *args) -> None:
         if self.when == "validation" and trainer.state.fn == "fit":
@@ -228,18 +231,13 @@ class SignalAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.when == "first_step" and trainer.global_step == 0 and self.sent_at_step is None:
             self.sent_at_step = 0
-            threading.Timer(self.delay, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            threading.Timer(self.delay, os.kill, (os.getpid(), self.signum)).start()
+        if self.when == "twice" and trainer.global_step == 7:
+            self._send(trainer)
 
 
-@pytest.mark.parametrize("when, extra", [("validation", []), ("first_step", ["compile=default"])])
-def test_sigterm_during_validation_or_the_first_compile_saves_and_resumes(make_cfg, tmp_path, when, extra):
-    """The preemption handler is installed before the first step: a SIGTERM in the middle of validation, or while
-    torch.compile builds the first step, lets the step or the validation finish, saves, and ends the run as
-    `interrupted`; resume=auto then completes it to the same loss as an uninterrupted run."""
-    whole = train(make_cfg(*RUN, *extra, f"output_dir={tmp_path / 'whole'}"))
-    run = tmp_path / "run"
-    cfg = make_cfg(*RUN, *extra, f"output_dir={run}")
-    sender = SignalAt(when)
+def train_with(sender: L.Callback, cfg) -> dict:
+    """train(cfg) with `sender` among the run's callbacks."""
     from mugpt import training
 
     real_build = training.build_callbacks
@@ -251,10 +249,27 @@ def test_sigterm_during_validation_or_the_first_compile_saves_and_resumes(make_c
 
     training.build_callbacks = with_sender
     try:
-        interrupted = train(cfg)
+        return train(cfg)
     finally:
         training.build_callbacks = real_build
+
+
+@pytest.mark.parametrize("when, extra, signum", [
+    ("validation", [], signal.SIGTERM), ("first_step", ["compile=default"], signal.SIGTERM),
+    ("validation", [], signal.SIGINT),    # Ctrl-C
+    ("validation", [], signal.SIGUSR2),   # SLURM's warning before the time limit (submitit's --signal=USR2@120)
+])
+def test_a_signal_during_validation_or_the_first_compile_saves_and_resumes(make_cfg, tmp_path, when, extra, signum):
+    """The preemption handler is installed before the first step: a SIGTERM, SIGUSR2 or Ctrl-C in the middle of
+    validation, or while torch.compile builds the first step, lets the step or the validation finish, saves, and
+    ends the run as `interrupted`; resume=auto then completes it to the same loss as an uninterrupted run."""
+    whole = train(make_cfg(*RUN, *extra, f"output_dir={tmp_path / 'whole'}"))
+    run = tmp_path / "run"
+    previous = signal.getsignal(signum)
+    interrupted = train_with(SignalAt(when, signum=signum), make_cfg(*RUN, *extra, f"output_dir={run}"))
+    assert signal.getsignal(signum) is previous  # the process's own handler is back
     assert interrupted["status"] == "interrupted"
+    assert interrupted["signal"] == signal.Signals(signum).name
     stopped = step_of(run / "checkpoints" / "last.ckpt")
     assert stopped == interrupted["steps"]
     if when == "first_step":
@@ -264,6 +279,19 @@ def test_sigterm_during_validation_or_the_first_compile_saves_and_resumes(make_c
     resumed = train(make_cfg(*RUN, *extra, f"output_dir={run}", "resume=auto"))
     assert resumed["status"] == "completed" and resumed["steps"] == 20
     assert resumed["val_loss"] == pytest.approx(whole["val_loss"], abs=1e-5)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving_that_step(make_cfg, tmp_path):
+    """Two Ctrl-Cs at the start of step 7: the run stops inside that step (no checkpoint of it; the one of step 5
+    stays), the summary says interrupted, the error is a KeyboardInterrupt, and Ctrl-C is the process's again."""
+    run = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match=r"stopped at once \(Ctrl-C\); the last checkpoint, .*last.ckpt, "
+                                              r"continues with resume=auto"):
+        train_with(SignalAt("twice", signum=signal.SIGINT), make_cfg(*RUN, f"output_dir={run}"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    summary = summary_of(run)
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT"
+    assert step_of(run / "checkpoints" / "last.ckpt") == 5
 
 
 # -------------------------------------------------------------------- 7. an unwritable output folder

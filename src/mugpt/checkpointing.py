@@ -4,8 +4,9 @@
   during a save leaves the previous checkpoint whole.
 - `RunCheckpoint`: Lightning's ModelCheckpoint keeping `checkpoints/last.ckpt` every N optimizer steps,
   but never over the last good one once the divergence guard has fired.
-- `PreemptionCheckpoint`: SIGTERM / SIGUSR1 (how SLURM and most schedulers announce preemption) save a
-  checkpoint at the end of the current step and stop training cleanly.
+- `PreemptionCheckpoint`: SIGTERM, SIGUSR1, SIGUSR2 (how SLURM and most schedulers announce preemption) and
+  Ctrl-C (SIGINT) save a checkpoint at the end of the current step and stop training cleanly; a second Ctrl-C
+  stops at once.
 - `find_resume_checkpoint`: `resume=auto|PATH` → the checkpoint and the run directory it belongs to.
 """
 
@@ -110,9 +111,13 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM/SIGUSR1: finish the current step, save `last.ckpt`, stop. `preempted_at` says when."""
+    """On SIGTERM/SIGUSR1/SIGUSR2/SIGINT: finish the current step, save `last.ckpt`, stop. `preempted_at` says
+    when, `received` which signal. A second Ctrl-C while the first is being honoured stops at once
+    (KeyboardInterrupt), without a checkpoint of that step."""
 
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+    # SIGUSR2 is what submitit's SLURM jobs get before their time limit (--signal=USR2@120)
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT")
+                    if hasattr(signal, name))
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -120,8 +125,18 @@ class PreemptionCheckpoint(L.Callback):
         self.preempted_at: int | None = None
         self._previous: dict[int, Any] = {}
 
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.received).name if self.received is not None else None
+
     def _handler(self, signum, _frame) -> None:
-        self.received = signum
+        if signum == signal.SIGINT:
+            if self.received is not None:
+                raise KeyboardInterrupt  # the user insists: stop now
+            # written directly (not logged): a signal handler must not wait for the logging lock
+            os.write(2, b"\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again stops at once)\n")
+        if self.received is None:
+            self.received = signum
 
     def on_train_start(self, trainer, pl_module) -> None:
         try:  # installed last, after Lightning's own handlers; only possible in the main thread
@@ -136,13 +151,20 @@ class PreemptionCheckpoint(L.Callback):
             return  # the divergence guard stops this run; the last good checkpoint stays
         trainer.save_checkpoint(self.path)
         self.preempted_at = trainer.global_step
-        log.warning("received signal %d: saved %s at step %d; resume with resume=auto", self.received,
-                    self.path, trainer.global_step)
+        log.warning("%s: saved %s at step %d; continue with resume=auto", self.signal_name, self.path,
+                    trainer.global_step)
         trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()  # a crash or a second Ctrl-C: the process's own handlers are back for what follows
+
+    def _restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        self._previous = {}
 
 
 def _identity(run_dir: Path) -> list[str] | None:

@@ -3,6 +3,8 @@
 - `ConfigError`: refused input, an option or a path that cannot work, found before training starts; the message
   names the option (`model.width=130 is not divisible by model.n_head=4`). A sweep records the job as failed and
   goes on.
+- `RunInterrupted`: Ctrl-C stopped a run before its step could finish (a second Ctrl-C, or one before training
+  started); a KeyboardInterrupt, so a sweep stops too.
 - `CheckpointWriteError`: a checkpoint could not be written (a full disk, a vanished directory); the message names
   the file, and the previous checkpoint is kept, so `resume=auto` continues from it once the cause is fixed.
 """
@@ -31,6 +33,10 @@ class ConfigPackageError(ConfigError, ImportError):
 
 class CheckpointWriteError(OSError, OneLineError):
     """A checkpoint could not be written; the previous one is intact."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at once (before training, or a second Ctrl-C): the message says what is kept."""
 
 
 # What the project's checks raise on bad input; before training starts, each of them means refused input.

@@ -200,6 +200,15 @@ def check_config(cfg: DictConfig) -> tuple[int, int]:
         return processes, accumulation_steps(cfg, processes)
 
 
+def preflight(cfg: DictConfig) -> None:
+    """Every refusal that needs neither a run directory nor data: the config, the data options, the memory
+    estimate. `src/train.py` runs it on every job of a launch before Hydra makes any folder; train() again."""
+    check_config(cfg)
+    with refusing_input():
+        datamodule = build_datamodule(cfg)
+        check_memory(cfg, datamodule.vocab_size)
+
+
 def available_memory_bytes(on_cuda: bool) -> int | None:
     """Memory a new run can take: the GPU's free memory, or the host's MemAvailable (None when unknown)."""
     if on_cuda:
@@ -420,7 +429,10 @@ def summarise(cfg: DictConfig, run: Run, trainer: L.Trainer, module: GPTLightnin
         "vocab_size": module.config.vocab_size,
         "padded_vocab_size": module.config.padded_vocab_size,
     })
+    if callbacks.preemption.preempted_at is not None:
+        run.summary["signal"] = callbacks.preemption.signal_name  # SIGINT: Ctrl-C; SIGTERM/SIGUSR*: a scheduler
     if guard.diverged_at is not None:
+        run.summary["diverged_step"] = guard.diverged_at
         run.summary["diverged_reason"] = guard.reason
         log.warning("run diverged: %s", guard.reason)
     log.info("val_loss %.4f (perplexity %.2f) after %d steps; run files in %s",
