@@ -409,6 +409,9 @@ def test_pipeline_transfers_along_depth_steps_and_batch(tmp_path):
     assert text.splitlines()[0] == ("donor width 32, depth 2, steps 5, batch size 16 → target width 32, depth 4, "
                                     "steps 20, batch size 32 (3 seeds: 0, 1, 2)")
     assert "loss 2.1100 ± 0.0100 (sd, 3 seeds)   3 completed" in text and "not searched" in text
+    assert "warning" not in text and mup["donor_edge"] is None  # the donor's best, -7, is inside its grid
+    assert text.splitlines()[-1] == ("verdict: sp: donor's lr_log2=-7 -> target loss 2.1100; mup: donor's "
+                                     "lr_log2=-7 -> target loss 2.1100; best target: sp")
 
     # given donor values are not composed; an axis the target leaves alone is the experiment's, passed nowhere
     calls.clear()
@@ -446,6 +449,35 @@ def test_pipeline_tunes_the_target_for_the_regret(tmp_path):
     assert "regret         0.1000 nats; per seed 0.1000 ± 0.0000 nats (95% CI, 3 seeds)" in text
     written = json.loads((tmp_path / "transfer.json").read_text())
     assert written["parametrizations"]["mup"]["regret"] == pytest.approx(0.1)
+    assert text.splitlines()[-1] == ("verdict: mup: donor's lr_log2=-7 model.init_std=0.02 -> target loss 2.1100, "
+                                     "regret 0.1000 nats")
+
+
+def test_pipeline_warns_when_a_best_learning_rate_sits_at_the_grid_edge(tmp_path):
+    """The donor's vertex is -7, its grid -9..-7: the best is the highest rate tried; the target's (vertex -8)
+    search -8..-6 ends at its lowest. Both are named, with the way to widen, and marked in the verdict."""
+    cfg = pipeline_cfg(tmp_path, donor_depth=2, target_depth=4, parametrizations=["mup"],
+                       search={"lr_log2": [-9, -8, -7]}, target_search={"lr_log2": [-8, -7, -6]})
+    result = run_pipeline(cfg, depth_run([]))
+    mup = result["parametrizations"]["mup"]
+    assert (mup["donor_edge"], mup["target_edge"]) == ("highest", "lowest")
+    text = format_pipeline(result)
+    assert ("  warning: donor's best lr 2^-7 is the highest tried: the optimum may lie beyond it, widen the grid "
+            "towards larger learning rates") in text.splitlines()
+    assert ("  warning: target's best lr 2^-8 is the lowest tried: the optimum may lie beyond it, widen the grid "
+            "towards smaller learning rates") in text.splitlines()
+    assert text.splitlines()[-1] == ("verdict: mup: donor's lr_log2=-7 (grid edge) -> target loss 2.1100, regret "
+                                     "0.1000 nats (grid edge)")
+
+
+def test_the_report_warns_where_a_best_learning_rate_sits_at_the_grid_edge():
+    """Width 64's best is inside its grid; width 256's is its lowest rate: one warning, for 256 only."""
+    curves = {("mup", 64, 0): {-8: 2.6, -7: 2.5, -6: 2.6}, ("mup", 256, 0): {-8: 2.3, -7: 2.4, -6: 2.5}}
+    a = analyse(seed_rows(curves))
+    assert a["mup"]["edge"] == {64: None, 256: "lowest"}
+    warnings = [line.strip() for line in format_report(a).splitlines() if "warning" in line]
+    assert warnings == ["warning: best lr 2^-8 is the lowest tried: the optimum may lie beyond it, widen the grid "
+                        "towards smaller learning rates (so not refined)"]
 
 
 @pytest.mark.parametrize("options, message", [

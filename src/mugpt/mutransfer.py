@@ -29,6 +29,8 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
+from mugpt.sweep import edge_warning, grid_edge
+
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("parametrization", "width", "lr", "seed", "val_loss", "status", "output_dir")
@@ -330,6 +332,7 @@ def analyse(rows: Sequence[Mapping[str, Any]], axis: str = "width",
             "best_lr": {v: best[v][0] for v in values},
             "best_log2_lr": {v: best[v][1] for v in values},
             "best_loss": {v: _curve_min(curves[(series, v)]) for v in values},
+            "edge": {v: grid_edge(list(curves[(series, v)]), best[v][0]) for v in values},
             "best_log2_lr_seeds": {v: {**mean_ci(seed_best[v].values()), "seeds": seed_best[v]} for v in values},
             "best_loss_seeds": {v: mean_ci(c.get(best[v][0], math.nan) if math.isfinite(best[v][0]) else math.nan
                                            for c in per_seed[(series, v)].values()) for v in values},
@@ -372,6 +375,8 @@ def format_report(analysis: Mapping[str, Mapping[str, Any]]) -> str:
                 per_seed.append(f"shift from {a['donor']} {format_ci(shift, count=shift['n'] != n)} octaves")
                 per_seed.append(f"regret {format_ci(regret, '.4f', 'nats', count=regret['n'] != n)}")
             lines.append("      per seed: " + "; ".join(per_seed))
+            if (a.get("edge") or {}).get(v):
+                lines.append(f"      warning: {edge_warning(a['edge'][v], a['best_lr'][v])} (so not refined)")
         if len(a["values"]) < 2:
             lines.append(f"  one {name} only: no transfer to measure")
             continue
@@ -545,6 +550,8 @@ def report(sweep_dir: str | Path | Sequence[str | Path], out_dir: str | Path | N
     (out / "mutransfer.json").write_text(json.dumps(_json_ready(analysis), indent=2, default=str))
     return {"rows": rows, "analysis": analysis, "text": format_report(analysis), "output_dir": out,
             "axis": axis, "group": list(group),
+            # the figure's curves per seed, for W&B (mugpt.run.publish_to_wandb)
+            "curves": {"axis": AXIS_WORDS.get(axis, axis), "by_seed": seed_curves(rows, axis, group)},
             "files": [out / "mutransfer.csv", out / "mutransfer.png", out / "mutransfer_transfer.png",
                       out / "mutransfer.json"]}
 
@@ -683,20 +690,33 @@ def _train_seeds(run: Callable, overrides: list[str], seeds: Sequence[int], fold
     return losses, statuses
 
 
-def _refined_log2_lr(trials: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> float:
-    """The parabola-refined best log2 lr along the trials that share the best's other settings (nan when the
-    search has no learning rate)."""
+def _lr_curve(trials: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> dict[float, float]:
+    """{lr: loss} along the trials that share the best's other settings (empty when the search has no
+    learning rate)."""
     chosen = _settings(best["overrides"])
     key = next((k for k in LR_KEYS if k in chosen), None)
     if key is None:
-        return math.nan
+        return {}
     others = {k: v for k, v in chosen.items() if k != key}
     curve = {}
     for t in trials:
         s = _settings(t["overrides"])
         if {k: v for k, v in s.items() if k != key} == others:
             curve[2.0 ** float(s[key]) if key == "lr_log2" else float(s[key])] = t["val_loss"]
-    return best_log2_lr(dict(sorted(curve.items())))[1]
+    return dict(sorted(curve.items()))
+
+
+def _refined_log2_lr(trials: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> float:
+    """The parabola-refined best log2 lr along the trials that share the best's other settings (nan when the
+    search has no learning rate)."""
+    curve = _lr_curve(trials, best)
+    return best_log2_lr(curve)[1] if curve else math.nan
+
+
+def _lr_edge(trials: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> str | None:
+    """'lowest'/'highest' when the best trial's learning rate is at that end of the rates tried beside it."""
+    curve = _lr_curve(trials, best)
+    return grid_edge(list(curve), best_log2_lr(curve)[0]) if curve else None
 
 
 def _trial(overrides: list[str], losses: list[float]) -> dict[str, Any]:
@@ -765,7 +785,7 @@ def run_pipeline(cfg: Any, run: Callable[[list[str], Path], Mapping[str, Any]],
                                         seeds, out / param / "target")
         r: dict[str, Any] = {
             "donor_trials": trials, "donor_best": transferred, "donor_loss": best["val_loss"],
-            "donor_best_log2_lr": _refined_log2_lr(trials, best),
+            "donor_best_log2_lr": _refined_log2_lr(trials, best), "donor_edge": _lr_edge(trials, best),
             "target_statuses": statuses, "target_losses": losses,
             "target_loss": float(np.mean(losses)) if all(s == "completed" for s in statuses) else math.nan,
             "target_loss_sd": mean_ci(losses)["sd"],
@@ -785,7 +805,7 @@ def run_pipeline(cfg: Any, run: Callable[[list[str], Path], Mapping[str, Any]],
             r.update({
                 "target_search_trials": tuned, "target_best": own_best["overrides"],
                 "target_best_loss": own_best["val_loss"], "target_best_loss_sd": mean_ci(own_best["seed_losses"])["sd"],
-                "target_best_log2_lr": _refined_log2_lr(tuned, own_best),
+                "target_best_log2_lr": _refined_log2_lr(tuned, own_best), "target_edge": _lr_edge(tuned, own_best),
                 "regret": float(np.mean(losses)) - own_best["val_loss"],
                 "regret_seeds": mean_ci(loss - b for loss, b in zip(losses, seed_best)),
                 "regret_seeds_vs_mean_best": mean_ci(loss - own_best["val_loss"] for loss in losses),
@@ -826,6 +846,8 @@ def format_pipeline(result: Mapping[str, Any]) -> str:
         lines.append(param)
         lines.append(f"  donor best     {' '.join(r['donor_best'])}{_log2_text(r.get('donor_best_log2_lr', math.nan))}"
                      f"   loss {r['donor_loss']:.4f}")
+        if r.get("donor_edge"):
+            lines.append(f"  warning: donor's {edge_warning(r['donor_edge'], 2.0 ** r['donor_best_log2_lr'])}")
         lines.append(f"  target         loss {format_sd(mean_ci(losses))}   {_statuses_text(r['target_statuses'])}")
         if "target_best" in r:
             best = mean_ci(next(t["seed_losses"] for t in r["target_search_trials"]
@@ -834,9 +856,30 @@ def format_pipeline(result: Mapping[str, Any]) -> str:
                          f"   loss {format_sd(best)}")
             per_seed = format_ci(r["regret_seeds"], ".4f", "nats")
             lines.append(f"  regret         {r['regret']:.4f} nats; per seed {per_seed} vs each seed's own best")
+            if r.get("target_edge"):
+                lines.append(f"  warning: target's {edge_warning(r['target_edge'], 2.0 ** r['target_best_log2_lr'])}")
         else:
             lines.append("  target's best  not searched (set target_search, e.g. {lr_log2: [...]}, for the regret)")
+    lines.append(verdict(result))
     return "\n".join(lines)
+
+
+def verdict(result: Mapping[str, Any]) -> str:
+    """The pipeline's answer in one line: per parametrization the donor's choice, the target's loss with it and,
+    when the target was searched, the regret; then which parametrization's target came out best."""
+    parts, losses = [], {}
+    for param, r in result["parametrizations"].items():
+        text = f"{param}: donor's {' '.join(r['donor_best'])}{' (grid edge)' if r.get('donor_edge') else ''}"
+        if math.isfinite(r["target_loss"]):
+            losses[param] = r["target_loss"]
+            text += f" -> target loss {r['target_loss']:.4f}"
+        else:
+            text += f" -> target {_statuses_text(r['target_statuses'])}"
+        if "regret" in r:
+            text += f", regret {r['regret']:.4f} nats{' (grid edge)' if r.get('target_edge') else ''}"
+        parts.append(text)
+    best = f"; best target: {min(losses, key=losses.__getitem__)}" if len(losses) > 1 else ""
+    return "verdict: " + "; ".join(parts) + best
 
 
 # --------------------------------------------------------------------------- µP's defaults

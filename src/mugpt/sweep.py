@@ -179,11 +179,7 @@ def sweep_result(sweep_dir: str | Path) -> dict[str, Any]:
                                  "best_loss": None, "edge": None}
         if finite:
             best = min(finite, key=mean.__getitem__)
-            entry.update(best_lr=best, best_loss=mean[best])
-            if len(grid) > 1 and best == grid[0]:
-                entry["edge"] = "lowest"
-            elif len(grid) > 1 and best == grid[-1]:
-                entry["edge"] = "highest"
+            entry.update(best_lr=best, best_loss=mean[best], edge=grid_edge(grid, best))
         settings.append(entry)
     settings.sort(key=lambda e: tuple(_sort_key(v) for v in e["setting"].values()))
     return {"sweep_dir": str(sweep_dir), "jobs": len(jobs), "counts": dict(counts), "setting_keys": setting_keys,
@@ -195,6 +191,15 @@ def _sort_key(value: Any) -> tuple:
         return (0, float(value), "")
     except (TypeError, ValueError):
         return (1, 0.0, str(value))
+
+
+def grid_edge(grid: Sequence[float], best: float | None) -> str | None:
+    """'lowest' or 'highest' when `best` is at that end of a grid of two or more learning rates, else None: the
+    optimum may then lie outside what was tried."""
+    grid = sorted(grid)
+    if best is None or len(grid) < 2 or not math.isfinite(best):
+        return None
+    return "lowest" if best == grid[0] else "highest" if best == grid[-1] else None
 
 
 def edge_warning(edge: str | None, lr: float | None) -> str:
