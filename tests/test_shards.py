@@ -168,6 +168,41 @@ def test_fast_dev_run_from_shards(make_cfg, prepared):
     assert summary["status"] == "completed" and summary["steps"] == 1
 
 
+def test_without_a_tokenizer_the_manifests_is_used(make_cfg, prepared):
+    """data.tokenizer left null (data=shards' default): the shards' own tokenizer (byte here, not gpt2) sizes the
+    model, before anything is read but the manifest."""
+    cfg = make_cfg("data=shards", f"data.path={prepared}", "data.tokenizer=null", "trainer.fast_dev_run=true")
+    assert cfg.data.tokenizer is None
+    datamodule = shards.ShardDataModule(path=str(prepared), block_size=64)
+    assert (datamodule.tokenizer.name, datamodule.vocab_size, datamodule.manifest) == ("byte", 256, None)
+    summary = train(cfg)
+    assert summary["status"] == "completed" and summary["steps"] == 1
+    assert (summary["vocab_size"], summary["padded_vocab_size"]) == (256, 256)
+
+
+def test_conf_data_shards_leaves_the_tokenizer_to_the_manifest(tmp_path, cache_dir):
+    from conftest import compose_config
+    cfg = compose_config(["data=shards", f"data.path={tmp_path}"], tmp_path / "run", cache_dir)
+    assert cfg.data.tokenizer is None
+
+
+def test_a_run_resumes_with_or_without_the_tokenizer_given(make_cfg, prepared, tmp_path):
+    """The tokenizer is not part of a checkpoint's identity, only the vocabulary it gives: a run made with
+    data.tokenizer=byte resumes with null (the manifest's byte), and the other way round."""
+    first = tmp_path / "first"
+    common = ["data=shards", f"data.path={prepared}", "eval_every=2", "checkpoint.every_n_steps=2"]
+    summary = train(make_cfg(*common, "data.tokenizer=byte", "trainer.max_steps=2", f"output_dir={first}"))
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    summary = train(make_cfg(*common, "data.tokenizer=null", "trainer.max_steps=4", f"resume={first}",
+                             f"output_dir={tmp_path / 'second'}"))
+    assert summary["status"] == "completed" and summary["steps"] == 4 and summary["vocab_size"] == 256
+    assert json.loads((first / "summary.json").read_text())["steps"] == 4  # continued in the first run's folder
+    summary = train(make_cfg(*common, "data.tokenizer=byte", "trainer.max_steps=6", f"resume={first}",
+                             f"output_dir={tmp_path / 'third'}"))
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert json.loads((first / "summary.json").read_text())["steps"] == 6
+
+
 @pytest.mark.slow
 def test_short_run_from_shards_learns_and_is_reproducible(make_cfg, prepared, tmp_path):
     a = train(make_cfg(*shard_run(prepared)))
@@ -269,6 +304,9 @@ def test_missing_and_unprepared_paths_are_refused(make_cfg, tmp_path):
     assert "no such folder" in refusal(make_cfg, *shard_run(tmp_path / "nowhere"))
     (tmp_path / "empty").mkdir()
     assert f"data.path={tmp_path / 'empty'}: no manifest.json" in refusal(make_cfg, *shard_run(tmp_path / "empty"))
+    for path in (tmp_path / "nowhere", tmp_path / "empty"):  # without a tokenizer there is no manifest to read it from
+        message = refusal(make_cfg, "data=shards", f"data.path={path}", "data.tokenizer=null")
+        assert message.startswith(f"data.path={path}: no ")
 
 
 @pytest.mark.slow
@@ -285,7 +323,31 @@ def test_prepare_refuses_missing_and_empty_input(tmp_path):
 
 def test_other_tokenizer_is_refused(make_cfg, prepared):
     message = refusal(make_cfg, *shard_run(prepared), "data.tokenizer=gpt2")
-    assert message.endswith(f"data.path={prepared}: manifest says tokenizer byte (vocabulary 256), the model uses gpt2")
+    assert message == (f"data.tokenizer=gpt2: the manifest of data.path={prepared} says tokenizer byte (vocabulary "
+                       f"256); leave data.tokenizer null to use it")
+    with pytest.raises(ValueError, match="^data.tokenizer: unknown tokenizer 'nope'"):
+        shards.ShardDataModule(path=str(prepared), tokenizer="nope")
+
+
+def test_a_buckets_manifest_names_the_tokenizer(prepared, tmp_path, monkeypatch):
+    """data.path=URL without data.tokenizer: the manifest is fetched with litdata's downloader for that URL (a fake
+    bucket here, served from the prepared folder); one that cannot be fetched is refused naming data.path."""
+    from litdata.streaming import downloader
+
+    class FolderBucket(downloader.Downloader):
+        def download_file(self, remote_filepath: str, local_filepath: str) -> None:
+            Path(local_filepath).write_bytes((prepared.parent / remote_filepath.removeprefix("bucket://")).read_bytes())
+
+    monkeypatch.setitem(downloader._DOWNLOADERS, "bucket://", FolderBucket)
+    url = f"bucket://{prepared.name}"
+    datamodule = shards.ShardDataModule(path=url, cache_dir=str(tmp_path / "cache"))
+    assert (datamodule.tokenizer.name, datamodule.vocab_size) == ("byte", 256)
+    assert not list((tmp_path / "cache" / "litdata").iterdir())  # the fetched copy is not kept
+    with pytest.raises(FileNotFoundError, match=r"^data.path=bucket://nowhere: its manifest.json could not be read "
+                                                r"\(.*\); give data.tokenizer to train without it$"):
+        shards.ShardDataModule(path="bucket://nowhere", cache_dir=str(tmp_path / "cache"))
+    # a tokenizer given: nothing is fetched before training (litdata reads the bucket then)
+    assert shards.ShardDataModule(path="bucket://nowhere", tokenizer="gpt2").vocab_size == 50257
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt", "missing"])

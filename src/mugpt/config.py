@@ -153,7 +153,7 @@ class ShardDataConfig:
 
     _target_: str = "mugpt.shards.ShardDataModule"
     path: str | None = None  # the prepared folder (or an s3:// / gs:// URL litdata can read)
-    tokenizer: str = "gpt2"  # must match the manifest's (the model's vocabulary comes from it)
+    tokenizer: str | None = None  # null: the manifest's; gpt2 | byte must be the manifest's
     batch_size: int = 16  # micro-batch, in sequences, per process
     val_batches: int = 4
     cache_dir: str = "~/.cache/mugpt"  # litdata's chunk cache for a bucket URL

@@ -487,9 +487,9 @@ def is_url(path: str) -> bool:
     return "://" in str(path)
 
 
-def read_manifest(path: str, tokenizer: str | None, verify: str) -> dict:
-    """DIR's manifest, checked: complete, not being written, same tokenizer, every chunk whole. One-line errors
-    naming data.path; nothing is modified."""
+def load_manifest(path: str) -> dict:
+    """DIR's manifest, read without checking the chunks: the folder exists, no preparation is writing it, the
+    manifest is complete. One-line errors naming data.path; nothing is modified."""
     root = Path(path).expanduser()
     where = f"data.path={path}"
     if not root.is_dir():
@@ -503,17 +503,65 @@ def read_manifest(path: str, tokenizer: str | None, verify: str) -> dict:
             raise ValueError(f"{where}: an unfinished preparation (its process, {state[7:-1]}, is gone): "
                              f"re-run scripts/prepare_data.py")
         raise FileNotFoundError(f"{where}: no {MANIFEST} (prepare it with scripts/prepare_data.py output={path})")
+    return _parse_manifest(mpath.read_bytes(), path, str(mpath))
+
+
+def _parse_manifest(data: bytes, path: str, source: str) -> dict:
     try:
-        manifest = json.loads(mpath.read_text())
-        assert manifest["format"] == FORMAT
-    except (ValueError, KeyError, AssertionError):
-        raise ValueError(f"{where}: {mpath} is not a mugpt shard manifest") from None
-    if tokenizer and manifest["tokenizer"] != tokenizer:
-        raise ValueError(f"{where}: manifest says tokenizer {manifest['tokenizer']} (vocabulary "
-                         f"{manifest['vocab_size']}), the model uses {tokenizer}")
-    if tokenizer and manifest["vocab_size"] != get_tokenizer(tokenizer).vocab_size:
-        raise ValueError(f"{where}: manifest says vocabulary {manifest['vocab_size']}, the model's tokenizer "
-                         f"{tokenizer} has {get_tokenizer(tokenizer).vocab_size}")
+        manifest = json.loads(data)
+        assert manifest["format"] == FORMAT and isinstance(manifest["tokenizer"], str)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise ValueError(f"data.path={path}: {source} is not a mugpt shard manifest") from None
+    return manifest
+
+
+def remote_manifest(url: str, cache_dir: str | Path) -> dict:
+    """The manifest of shards in a bucket (s3://, gs://, ...), fetched with litdata's downloader for that URL (the
+    credentials litdata itself uses) into a temporary file under `cache_dir`, so it is never a stale copy."""
+    import tempfile
+
+    from litdata.streaming.downloader import get_downloader
+
+    cache = Path(cache_dir).expanduser() / "litdata"
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        local = Path(tmp) / MANIFEST
+        try:
+            get_downloader(url, tmp, []).download_file(f"{url.rstrip('/')}/{MANIFEST}", str(local))
+            data = local.read_bytes()
+        except Exception as exc:  # noqa: BLE001 - each storage backend fails in its own way
+            lines = str(exc).strip().splitlines()
+            raise FileNotFoundError(f"data.path={url}: its {MANIFEST} could not be read "
+                                    f"({lines[0][:160] if lines else type(exc).__name__}); give data.tokenizer to "
+                                    f"train without it") from None
+    return _parse_manifest(data, url, f"{url.rstrip('/')}/{MANIFEST}")
+
+
+def check_tokenizer(manifest: dict, tokenizer: str | None, path: str) -> str:
+    """The tokenizer to train with: data.tokenizer when given, which must be the manifest's, else the manifest's.
+    Refused in one line: another tokenizer than the shards were made with, or a manifest whose vocabulary is not
+    its tokenizer's."""
+    recorded = manifest["tokenizer"]
+    try:
+        vocab_size = get_tokenizer(recorded).vocab_size
+    except ValueError:  # shards from a newer version: get_tokenizer's message would blame data.tokenizer
+        raise ValueError(f"data.path={path}: the manifest's tokenizer '{recorded}' is not one this version "
+                         f"knows") from None
+    if tokenizer and tokenizer != recorded:
+        raise ValueError(f"data.tokenizer={tokenizer}: the manifest of data.path={path} says tokenizer {recorded} "
+                         f"(vocabulary {manifest.get('vocab_size')}); leave data.tokenizer null to use it")
+    if manifest.get("vocab_size") != vocab_size:
+        raise ValueError(f"data.path={path}: manifest says vocabulary {manifest.get('vocab_size')}, its tokenizer "
+                         f"{recorded} has {vocab_size}")
+    return recorded
+
+
+def read_manifest(path: str, tokenizer: str | None, verify: str) -> dict:
+    """DIR's manifest, checked: complete, not being written, the tokenizer (when given) the manifest's, every chunk
+    whole. One-line errors naming data.path (data.tokenizer for another tokenizer); nothing is modified."""
+    manifest = load_manifest(path)
+    check_tokenizer(manifest, tokenizer, path)
+    root = Path(path).expanduser()
     for split in ("train", "val"):
         for c in manifest["splits"][split]["chunks"]:
             f = root / c["file"]
@@ -575,7 +623,7 @@ class _ValWindows(Dataset):
 class ShardDataModule(L.LightningDataModule):
     """Prepared token shards (scripts/prepare_data.py) streamed with litdata; see the module docstring."""
 
-    def __init__(self, path: str | None = None, tokenizer: str = "gpt2", block_size: int = 256,
+    def __init__(self, path: str | None = None, tokenizer: str | None = None, block_size: int = 256,
                  batch_size: int = 16, val_batches: int = 4, cache_dir: str = "~/.cache/mugpt",
                  num_workers: int = 0, seed: int = 1337, shuffle: bool = True, verify: str = "checksum") -> None:
         super().__init__()
@@ -586,9 +634,18 @@ class ShardDataModule(L.LightningDataModule):
         for key, value in (("batch_size", batch_size), ("block_size", block_size), ("val_batches", val_batches)):
             if value <= 0:
                 raise ValueError(f"data.{key} must be positive, got {value}")
-        self.tokenizer = get_tokenizer(tokenizer)
+        if tokenizer:
+            get_tokenizer(tokenizer)  # an unknown name is refused as such, before any folder is looked at
         self.path, self.block_size, self.batch_size, self.val_batches = str(path), block_size, batch_size, val_batches
         self.cache_root = Path(cache_dir).expanduser()
+        # The vocabulary sizes the model (and the memory check) before setup(), so the manifest is read now: a
+        # missing one, or another tokenizer than the shards were made with, is refused here. A bucket's manifest
+        # is fetched only when there is no data.tokenizer to go by (its chunks are litdata's to check).
+        if tokenizer and is_url(self.path):
+            self.tokenizer = get_tokenizer(tokenizer)
+        else:
+            manifest = remote_manifest(self.path, cache_dir) if is_url(self.path) else load_manifest(self.path)
+            self.tokenizer = get_tokenizer(check_tokenizer(manifest, tokenizer, self.path))
         self.num_workers, self.seed, self.shuffle, self.verify = num_workers, seed, shuffle, verify
         self.manifest: dict | None = None
         self._resume_state: dict | None = None
