@@ -4,7 +4,6 @@ import json
 import logging
 import math
 import shutil
-import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ if __name__ == "__main__":
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from mugpt.checkpointing import after_interruption  # noqa: E402
 from mugpt.config import register_configs  # noqa: E402
 from mugpt.errors import ConfigError, OneLineError  # noqa: E402
 from mugpt.sweep import check_launch  # noqa: E402
@@ -64,29 +64,13 @@ def main(cfg: DictConfig) -> float | None:
             return None
         raise
     if summary["status"] == "interrupted":
-        end_interrupted(summary, multirun, HydraConfig.get().job.num if multirun else None)
+        after_interruption(summary, multirun, HydraConfig.get().job.num if multirun else None)
     # The objective for Hydra sweepers such as Optuna. A diverged run ranks last (its val_loss is NaN, or was
     # measured on diverging weights); a missing or non-finite loss is no result (Optuna records a failed trial).
     if summary["status"] == "diverged":
         return float("inf")
     val_loss = summary["val_loss"]
     return val_loss if val_loss is not None and math.isfinite(val_loss) else None
-
-
-def end_interrupted(summary: dict, multirun: bool, job: int | None) -> None:
-    """A run stopped cleanly by a signal (its checkpoint saved). SIGUSR2 under SLURM: hand the signal on to the
-    launcher's own handler (submitit's requeues the job, which resume=auto then continues). Ctrl-C: exit 130, the
-    sweep stops. A scheduler's SIGTERM/SIGUSR1 is meant for the whole process: the sweep stops after this job."""
-    name = summary.get("signal")
-    handler = signal.getsignal(signal.SIGUSR2) if name == "SIGUSR2" else None
-    if callable(handler) and handler is not signal.default_int_handler:
-        log.warning("SIGUSR2: handing over to the launcher's handler (a SLURM requeue)")
-        signal.raise_signal(signal.SIGUSR2)
-    if name == "SIGINT":
-        raise SystemExit(130)
-    if multirun:
-        log.warning("preempted: the sweep stops after job %s; relaunch it with resume=auto", job)
-        raise SystemExit(0)
 
 
 # What Hydra writes into a run directory before the task runs, and what a refused task adds: a launch refused

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mugpt.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from mugpt.checkpointing import AtomicCheckpointIO, after_interruption, find_resume_checkpoint
 from mugpt.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +89,54 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tmp_path, cache_dir):
     assert summary["status"] == "interrupted" and 5 <= summary["steps"] < 100000
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == summary["steps"]  # saved at the step it stopped, not at the last interval
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_stops_in_one_line_and_resumes_exactly(tmp_path, cache_dir):
+    """Ctrl-C (SIGINT) from the command line: the step finishes, last.ckpt is saved at it, the run ends
+    `interrupted` with exit status 130 and no traceback; resume=auto then ends at the uninterrupted run's loss."""
+    whole = tmp_path / "whole"
+    proc = launch([*RUN, f"hydra.run.dir={whole}"], tmp_path, cache_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    reference = summary_of(whole)
+    run_dir = tmp_path / "run"
+    proc = launch([*RUN, f"hydra.run.dir={run_dir}"], tmp_path, cache_dir)
+    out = wait_for_checkpoint_then(proc, run_dir / "checkpoints" / "last.ckpt", lambda: proc.send_signal(signal.SIGINT))
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    assert "Ctrl-C: finishing this step, then saving a checkpoint (Ctrl-C again stops at once)" in out
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGINT" and 10 <= summary["steps"] < 80
+    assert f"SIGINT: saved {run_dir / 'checkpoints' / 'last.ckpt'} at step {summary['steps']}; continue with " \
+           f"resume=auto" in out
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == summary["steps"]
+    proc = launch([*RUN, f"hydra.run.dir={run_dir}", "resume=auto"], tmp_path, cache_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    resumed = summary_of(run_dir)
+    assert resumed["status"] == "completed" and resumed["steps"] == 80
+    assert resumed["val_loss"] == pytest.approx(reference["val_loss"], abs=1e-5)
+
+
+def test_after_an_interruption_sigusr2_goes_on_to_the_launchers_handler_and_ctrl_c_exits_130():
+    """Under SLURM, submitit's own SIGUSR2 handler requeues the job: once the checkpoint is saved, the signal is
+    handed on to it. Ctrl-C exits 130 (a sweep or a script stops); SIGTERM stops a sweep after its job."""
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: seen.append(signum))
+    try:
+        after_interruption({"signal": "SIGUSR2"}, multirun=False)
+        assert seen == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    with pytest.raises(SystemExit) as ctrl_c:
+        after_interruption({"signal": "SIGINT"}, multirun=False)
+    assert ctrl_c.value.code == 130
+    with pytest.raises(SystemExit) as preempted:
+        after_interruption({"signal": "SIGTERM"}, multirun=True, job=3)
+    assert preempted.value.code == 0
+    after_interruption({"signal": "SIGTERM"}, multirun=False)  # a single run just ends
 
 
 def test_atomic_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -167,6 +167,23 @@ class PreemptionCheckpoint(L.Callback):
         self._previous = {}
 
 
+def after_interruption(summary: dict, multirun: bool, job: int | None = None) -> None:
+    """What the command does after a run a signal stopped cleanly (its checkpoint saved). SIGUSR2 under a
+    launcher that handles it (submitit's SLURM jobs): the signal is handed on to that handler, which requeues the
+    job (the sweep given resume=auto then continues it). Ctrl-C: exit 130, so a sweep or a shell script stops. A
+    scheduler's SIGTERM/SIGUSR1 is meant for the whole process: a sweep stops after this job."""
+    name = summary.get("signal")
+    handler = signal.getsignal(signal.SIGUSR2) if name == "SIGUSR2" else None
+    if callable(handler):
+        log.warning("SIGUSR2: handed on to the launcher's handler (under SLURM: the job is requeued)")
+        signal.raise_signal(signal.SIGUSR2)
+    if name == "SIGINT":
+        raise SystemExit(130)
+    if multirun:
+        log.warning("preempted: the sweep stops after job %s; relaunch it with resume=auto", job)
+        raise SystemExit(0)
+
+
 def _identity(run_dir: Path) -> list[str] | None:
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if not overrides.is_file():

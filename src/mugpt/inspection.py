@@ -143,7 +143,9 @@ def load_run(ckpt: str | Path, device: str = "auto") -> LoadedRun:
     model = build_model(hparams)
     model.load_state_dict(model_state(checkpoint))
     model.to(dev).eval()
-    tokenizer = get_tokenizer(config.data.tokenizer if config is not None else tokenizer_for(hparams["model"]))
+    # data=shards leaves data.tokenizer null (the manifest's): then the vocabulary tells it apart
+    tokenizer = get_tokenizer((config.data.get("tokenizer") if config is not None else None)
+                              or tokenizer_for(hparams["model"]))
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"ckpt={ckpt}: data.tokenizer={tokenizer.name} has {tokenizer.vocab_size} tokens, the model "
                          f"was trained on model.vocab_size={model.config.vocab_size}")

@@ -444,7 +444,7 @@ def train(cfg: DictConfig, run: Run) -> None:
     """Train one model as cfg says. Called as train(cfg): the wrapper returns the summary it also writes to
     output_dir/summary.json."""
     processes, accumulate = check_config(cfg)
-    datamodule = build_datamodule(cfg)  # checks the data options; reads nothing yet
+    datamodule = build_datamodule(cfg)  # checks the data options; reads no tokens yet (shards: the manifest)
     check_memory(cfg, datamodule.vocab_size)
     resume_from = resolve_resume(cfg, run)
     start_run(cfg, run)
