@@ -87,11 +87,12 @@ def test_the_answer_per_width_with_seeds_failures_and_the_grid_edge(tmp_path):
 def test_the_progress_line_counts_the_jobs_that_ended_and_the_time_left(tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    (sweep / PROGRESS_FILE).write_text(json.dumps({"jobs": 8, "started": 1000.0}))
-    fake_job(sweep, 0, ["model.width=64", "lr_log2=-9"], "completed", 2.5, 2.0 ** -9)
-    fake_job(sweep, 1, ["model.width=64", "lr_log2=-8"], "diverged", math.nan, 2.0 ** -8)
-    fake_job(sweep, 2, ["model.width=65", "lr_log2=-9"], "failed", None, 2.0 ** -9)
-    fake_job(sweep, 3, ["model.width=128", "lr_log2=-9"], "completed", 2.25, 2.0 ** -9)
+    (sweep / PROGRESS_FILE).write_text(json.dumps({"jobs": 8, "started": 1000.0, "swept": ["model.width",
+                                                                                            "lr_log2"]}))
+    fake_job(sweep, 0, ["+experiment=x", "model.width=64", "lr_log2=-9"], "completed", 2.5, 2.0 ** -9)
+    fake_job(sweep, 1, ["+experiment=x", "model.width=64", "lr_log2=-8"], "diverged", math.nan, 2.0 ** -8)
+    fake_job(sweep, 2, ["+experiment=x", "model.width=65", "lr_log2=-9"], "failed", None, 2.0 ** -9)
+    fake_job(sweep, 3, ["+experiment=x", "model.width=128", "lr_log2=-9"], "completed", 2.25, 2.0 ** -9)
     line = progress_line(sweep, sweep / "3", now=1000.0 + 4 * 30)  # 4 jobs in 2 minutes: 4 more take 2 more
     assert line == ("sweep 4/8: job 3 (model.width=128 lr_log2=-9) completed, val_loss 2.2500 | 2 completed, "
                     "1 failed, 1 diverged | about 2m00s left")
@@ -105,8 +106,8 @@ def test_a_multirun_prints_progress_and_ends_with_its_answer(tmp_path, cache_dir
                          tmp_path, cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
-    for done in range(1, 5):
-        assert f"sweep {done}/4: job {done - 1} (" in out
+    for done, (width, lr) in enumerate([(32, 0.003), (32, 0.03), (64, 0.003), (64, 0.03)], start=1):
+        assert f"sweep {done}/4: job {done - 1} (model.width={width} optim.lr={lr}) completed, val_loss " in out
     written = (sweep / "sweep_result.md").read_text()
     assert "4 jobs: 4 completed" in written and written.strip() in out
     result = json.loads((sweep / "sweep_result.json").read_text())

@@ -275,7 +275,9 @@ def progress_line(sweep_dir: Path, job_dir: Path | None = None, now: float | Non
         s = this["summary"]
         loss = s.get("val_loss")
         loss_text = f", val_loss {loss:.4f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else ""
-        line += f": job {this['dir'].name} ({' '.join(_job_overrides(this['dir']))}) {s.get('status')}{loss_text}"
+        swept = progress.get("swept")
+        named = [o for o in _job_overrides(this["dir"]) if not swept or _key(o) in swept]
+        line += f": job {this['dir'].name} ({' '.join(named)}) {s.get('status')}{loss_text}"
     line += " | " + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("completed", "failed", "diverged"))
     if counts.get("interrupted"):
         line += f", {counts['interrupted']} interrupted"
@@ -294,11 +296,17 @@ class SweepProgress(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         sweeper = config.hydra.sweeper
         total = sweeper.get("n_trials") if "n_trials" in sweeper else None
-        if total is None:
-            jobs = sweep_jobs(list(config.hydra.overrides.task))
-            total = len(jobs) if jobs is not None else None
+        jobs = sweep_jobs(list(config.hydra.overrides.task))
+        if total is None and jobs is not None:
+            total = len(jobs)
+        # the keys whose values differ between jobs: a progress line names a job by them alone
+        values: dict[str, set] = defaultdict(set)
+        for job in jobs or []:
+            for override in job:
+                values[_key(override)].add(override)
+        swept = [k for k, v in values.items() if len(v) > 1]
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PROGRESS_FILE).write_text(json.dumps({"jobs": total, "started": time.time()}))
+        (sweep_dir / PROGRESS_FILE).write_text(json.dumps({"jobs": total, "started": time.time(), "swept": swept}))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.types import RunMode
