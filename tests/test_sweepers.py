@@ -17,7 +17,7 @@ from conftest import CONF_DIR, run_train_cli
 from mugpt.mutransfer import read_summaries
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+OPTUNA_SWEEPER = "hydra_plugins.mugpt_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 # A few steps of a tiny byte-level model: each trial of a sweep takes a few seconds on a 2-core CPU.
 TINY_RUN = ["data.batch_size=8", "trainer.max_steps=3", "eval_every=3", "optim.warmup_steps=1",
             "data.val_batches=1", "logger=none", "trainer.enable_progress_bar=false",
@@ -25,7 +25,7 @@ TINY_RUN = ["data.batch_size=8", "trainer.max_steps=3", "eval_every=3", "optim.w
 
 
 def needs_optuna() -> None:
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+    pytest.importorskip("optuna", minversion="4",
                         reason='hydra/sweeper=optuna* needs the optuna extra: pip install -e ".[optuna]"')
 
 
@@ -48,12 +48,12 @@ def compose_with_hydra():
 
 
 def search_space(sweeper: DictConfig) -> dict:
-    """The Optuna distributions the sweeper builds from its `params` (the plugin's own parser)."""
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    """The Optuna distributions the sweeper builds from its `params` (the sweeper's own parser)."""
+    from mugpt.optuna_sweeper import search_space as parse
 
-    distributions, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
-    assert fixed == {}
-    return distributions
+    fixed, dimensions = parse(sweeper.params, [])
+    assert fixed == []
+    return {key: d.distribution for key, d in dimensions.items()}
 
 
 # ---- composition
@@ -61,15 +61,15 @@ def search_space(sweeper: DictConfig) -> dict:
 
 def test_optuna_lr_searches_the_learning_rate_on_a_log_scale(compose_with_hydra):
     needs_optuna()
-    from optuna.distributions import LogUniformDistribution
+    from optuna.distributions import FloatDistribution
 
     cfg = compose_with_hydra("hydra/sweeper=optuna_lr", "+experiment=mutransfer_lr")
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == OPTUNA_SWEEPER
     assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs) == ("minimize", 20, 1)
-    assert sweeper.max_failure_rate == 1.0
+    assert sweeper.storage is None and sweeper.study_name is None  # in memory unless a storage is given
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
-    assert search_space(sweeper) == {"optim.lr": LogUniformDistribution(1e-4, 1e-1)}
+    assert search_space(sweeper) == {"optim.lr": FloatDistribution(1e-4, 1e-1, log=True)}
     assert cfg.optim.lr == 2.0 ** -7  # the key the search replaces exists (here the experiment's ${pow2:...})
 
 
@@ -84,17 +84,17 @@ def test_optuna_lr_composes_under_either_parametrization(compose_with_hydra, par
 
 def test_optuna_mup_searches_the_learning_rate_and_mup_multipliers(compose_with_hydra):
     needs_optuna()
-    from optuna.distributions import LogUniformDistribution
+    from optuna.distributions import FloatDistribution
 
     cfg = compose_with_hydra("hydra/sweeper=optuna_mup", "parametrization=mup")
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == OPTUNA_SWEEPER
     assert (sweeper.direction, sweeper.n_trials, sweeper.n_jobs, sweeper.sampler.seed) == ("minimize", 40, 1, 0)
     assert search_space(sweeper) == {
-        "optim.lr": LogUniformDistribution(1e-4, 1e-1),
-        "parametrization.output_alpha": LogUniformDistribution(16.0, 1024.0),
-        "parametrization.hidden_init_scale": LogUniformDistribution(0.125, 2.0),
-        "parametrization.embedding_init_std": LogUniformDistribution(0.01, 0.32),
+        "optim.lr": FloatDistribution(1e-4, 1e-1, log=True),
+        "parametrization.output_alpha": FloatDistribution(16.0, 1024.0, log=True),
+        "parametrization.hidden_init_scale": FloatDistribution(0.125, 2.0, log=True),
+        "parametrization.embedding_init_std": FloatDistribution(0.01, 0.32, log=True),
     }
     # the defaults it replaces
     assert [OmegaConf.select(cfg, key) for key in sweeper.params] == [3e-3, 128.0, 0.5, 0.08]
@@ -195,16 +195,17 @@ def test_optuna_donor_search_of_three_trials(tmp_path, cache_dir):
 
 @pytest.mark.slow
 def test_a_failed_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, cache_dir):
-    """src/train.py returns None for a run that raised; hydra-optuna-sweeper 1.3 tells Optuna the trial failed
-    (1.2 stopped the sweep) and the best trial comes from the others."""
+    """src/train.py returns None for a run that raised; the sweeper tells Optuna the trial failed, records why,
+    and the best trial comes from the others."""
     needs_optuna()
     import optuna
 
     sweep = tmp_path / "sweep"
     study_db = tmp_path / "study.db"
-    # two learning rates, one of which the config checks reject before training; the seeded sampler draws the
-    # failing one first (a grid is no use here: hydra-optuna-sweeper crashes when a grid ends on a failed trial)
-    proc = run_train_cli(["-m", "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=2", "optim.lr=choice(0.01,-1.0)",
+    # a grid of two learning rates, one of which the config checks reject before training (in either order: the
+    # grid may end on the failed trial, where Optuna's grid sampler stops a study)
+    proc = run_train_cli(["-m", "hydra/sweeper=optuna_lr", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2",
+                          "optim.lr=choice(0.01,-1.0)",
                       "model=tiny", "data.tokenizer=byte", *TINY_RUN, f"hydra.sweep.dir={sweep}",
                       f"hydra.sweeper.storage=sqlite:///{study_db}", "hydra.sweeper.study_name=failing"],
                      tmp_path, cache_dir)
@@ -216,6 +217,9 @@ def test_a_failed_trial_is_recorded_failed_and_the_search_goes_on(tmp_path, cach
     trials = optuna.load_study(study_name="failing", storage=f"sqlite:///{study_db}").trials
     assert {t.params["optim.lr"]: t.state for t in trials} == {
         0.01: optuna.trial.TrialState.COMPLETE, -1.0: optuna.trial.TrialState.FAIL}
+    failed = next(t for t in trials if t.params["optim.lr"] == -1.0)
+    assert failed.user_attrs["error"] == "the run returned None, not a loss"
+    assert Path(failed.user_attrs["output_dir"]) == sweep / str(failed.number)  # job folders numbered as trials
     best = OmegaConf.load(sweep / "optimization_results.yaml")
     assert best.best_params["optim.lr"] == 0.01 and best.best_value == summaries[0.01]["val_loss"]
 
@@ -233,6 +237,7 @@ def test_a_diverged_trial_does_not_stop_the_search(tmp_path, cache_dir):
     assert summaries[1e8]["status"] == "diverged" and summaries[0.01]["status"] == "completed"
     best = OmegaConf.load(sweep / "optimization_results.yaml")
     assert best.best_params["optim.lr"] == 0.01 and best.best_value == summaries[0.01]["val_loss"]
+    assert dict(best.trials) == {"complete": 2, "diverged": 1, "failed": 0, "running": 0}  # inf: told, ranked last
 
 
 @pytest.mark.slow
