@@ -15,6 +15,7 @@ from mugpt.errors import ConfigError
 from mugpt.sweep import (
     PROGRESS_FILE,
     check_launch,
+    fixed_overrides,
     format_sweep_result,
     progress_line,
     sweep_jobs,
@@ -41,6 +42,9 @@ def test_sweep_jobs_expand_as_hydras_basic_sweeper():
         ["model.width=64", "lr_log2=-3", "seed=1"], ["model.width=64", "lr_log2=-2", "seed=1"],
         ["model.width=128", "lr_log2=-3", "seed=1"], ["model.width=128", "lr_log2=-2", "seed=1"]]
     assert sweep_jobs(["hydra/sweeper=optuna_lr", "model.width=64"]) is None  # that sweeper picks its own jobs
+    # under such a sweeper the launch's fixed part is checked; sweeps without a comma are sweeps too
+    assert fixed_overrides(["model.width=64,128", "lr_log2=range(-9,-5)", "seed=1", "optim.lr=interval(1e-4,1e-2)",
+                            "x=choice(a)", "y=shuffle(range(3))", "model.n_layer=2"]) == ["seed=1", "model.n_layer=2"]
 
 
 def test_a_sweep_with_a_bad_last_job_is_refused_whole_naming_it():

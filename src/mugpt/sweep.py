@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -52,6 +53,16 @@ def sweep_jobs(args: Sequence[str]) -> list[list[str]] | None:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+def fixed_overrides(overrides: Sequence[str]) -> list[str]:
+    """The overrides that are not sweeps (`a,b`, `range(...)`, `interval(...)`, `choice(...)`...), in Hydra's own
+    reading of them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    return [o for o, parsed in zip(overrides, parser.parse_overrides(list(overrides)))
+            if not parsed.is_sweep_override()]
+
+
 def _preflight_config(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
     """(the job's training config without Hydra's node, Hydra's node), composed as Hydra is about to."""
     from omegaconf import open_dict
@@ -85,7 +96,7 @@ def check_launch(args: Sequence[str]) -> None:
         except Exception as exc:  # noqa: BLE001 - Hydra's override grammar reports many ways
             raise ConfigError(f"sweep: {str(exc).strip().splitlines()[0]}") from exc
         if jobs is None:  # another sweeper picks the values: check the launch's fixed part
-            jobs = [[o for o in overrides if "," not in o.split("=", 1)[-1]]]
+            jobs = [fixed_overrides(overrides)]
     else:
         jobs = [overrides]
     hydra_node = None
@@ -290,10 +301,15 @@ def progress_line(sweep_dir: Path, job_dir: Path | None = None, now: float | Non
 
 
 class SweepProgress(Callback):
-    """Progress while a multirun runs, and its answer when it ends (see the module's docstring)."""
+    """Progress while a multirun runs, and its answer when it ends (see the module's docstring). The job count,
+    start time and swept keys are taken when the multirun starts and written into the sweep folder by the first
+    job (a launch the sweeper refuses before any job leaves no folder); launchers that run jobs in other
+    processes carry this object, and so those values, with each job."""
+
+    def __init__(self) -> None:
+        self.progress: dict[str, Any] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
         sweeper = config.hydra.sweeper
         total = sweeper.get("n_trials") if "n_trials" in sweeper else None
         jobs = sweep_jobs(list(config.hydra.overrides.task))
@@ -304,9 +320,16 @@ class SweepProgress(Callback):
         for job in jobs or []:
             for override in job:
                 values[_key(override)].add(override)
-        swept = [k for k, v in values.items() if len(v) > 1]
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PROGRESS_FILE).write_text(json.dumps({"jobs": total, "started": time.time(), "swept": swept}))
+        self.progress = {"jobs": total, "started": time.time(), "swept": [k for k, v in values.items() if len(v) > 1]}
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        path = Path(config.hydra.sweep.dir) / PROGRESS_FILE
+        if config.hydra.mode == RunMode.MULTIRUN and self.progress and not path.exists():
+            tmp = path.with_name(f"{path.name}.{os.getpid()}")  # several workers may start at once
+            tmp.write_text(json.dumps(self.progress))
+            os.replace(tmp, path)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         from hydra.types import RunMode
