@@ -158,3 +158,16 @@ def test_write_sweep_result_writes_both_files(tmp_path):
                                    "edge": None}]
     assert (sweep / "sweep_result.md").read_text() == text + "\n"
     assert "warning" not in text
+
+
+def test_a_searchs_answer_is_its_best_trial(tmp_path):
+    """Optuna's trials each set their own lr and init: no setting groups; the best trial, not a mean of trials."""
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, ["optim.lr=0.01", "model.init_std=0.02"], "completed", 3.0, 0.01)
+    fake_job(sweep, 1, ["optim.lr=0.01", "model.init_std=0.04"], "completed", 2.8, 0.01)
+    fake_job(sweep, 2, ["optim.lr=0.003", "model.init_std=0.02"], "diverged", None, 0.003)
+    fake_job(sweep, 3, ["optim.lr=0.03", "model.init_std=0.08"], "completed", 2.9, 0.03)
+    result = sweep_result(sweep, by_setting=False)
+    assert result["setting_keys"] == [] and result["counts"] == {"completed": 3, "diverged": 1}
+    assert result["settings"] == [{"setting": {}, "lrs_tried": 3, "seeds": 1, "best_lr": 0.01, "best_loss": 2.8,
+                                   "edge": None}]

@@ -157,10 +157,11 @@ def _lr_text(lr: float) -> str:
     return f"2^{exponent:g}" if math.isfinite(exponent) and exponent == round(exponent) else f"{lr:g}"
 
 
-def sweep_result(sweep_dir: str | Path) -> dict[str, Any]:
+def sweep_result(sweep_dir: str | Path, by_setting: bool = True) -> dict[str, Any]:
     """The answer of a finished (or partly finished) sweep: job counts by status; per setting of the keys swept
     beside the learning rate and the seed, the best learning rate on the seed-mean curve, its loss, the number of
-    seeds, and `edge` ('lowest'/'highest') when that rate is at the edge of the grid tried."""
+    seeds, and `edge` ('lowest'/'highest') when that rate is at the edge of the grid tried. by_setting=False (a
+    search such as Optuna's, where every trial is a setting of its own): the best job overall."""
     sweep_dir = Path(sweep_dir)
     jobs = read_jobs(sweep_dir)
     counts: dict[str, int] = defaultdict(int)
@@ -171,7 +172,7 @@ def sweep_result(sweep_dir: str | Path) -> dict[str, Any]:
         for k, v in job["overrides"].items():
             values[k].add(v)
     swept = [k for k, v in values.items() if len(v) > 1 or any(k not in j["overrides"] for j in jobs)]
-    setting_keys = [k for k in swept if k not in LR_KEYS and k != SEED_KEY]
+    setting_keys = [k for k in swept if k not in LR_KEYS and k != SEED_KEY] if by_setting else []
     curves: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for job in jobs:
         lr = (job["summary"] or {}).get("lr")
@@ -181,12 +182,14 @@ def sweep_result(sweep_dir: str | Path) -> dict[str, Any]:
         curves[setting][float(lr)].append(_loss(job))
     settings = []
     for setting, curve in curves.items():
-        mean = {lr: (sum(v) / len(v) if all(math.isfinite(x) for x in v) else math.inf)
-                for lr, v in sorted(curve.items())}
+        # a grid's repeats at one lr are seeds (their mean counts); a search's trials at one lr are not
+        pool = (lambda v: sum(v) / len(v) if all(math.isfinite(x) for x in v) else math.inf) if by_setting else min
+        mean = {lr: pool(v) for lr, v in sorted(curve.items())}
         grid = list(mean)
         finite = [lr for lr in grid if math.isfinite(mean[lr])]
         entry: dict[str, Any] = {"setting": dict(setting), "lrs_tried": len(grid),
-                                 "seeds": max(len(v) for v in curve.values()), "best_lr": None,
+                                 "seeds": max(len(v) for v in curve.values()) if by_setting else 1,
+                                 "best_lr": None,
                                  "best_loss": None, "edge": None}
         if finite:
             best = min(finite, key=mean.__getitem__)
@@ -249,10 +252,10 @@ def format_sweep_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_sweep_result(sweep_dir: str | Path) -> tuple[dict[str, Any], str]:
+def write_sweep_result(sweep_dir: str | Path, by_setting: bool = True) -> tuple[dict[str, Any], str]:
     """The answer into the sweep folder (sweep_result.md, sweep_result.json); returns it and its text."""
     sweep_dir = Path(sweep_dir)
-    result = sweep_result(sweep_dir)
+    result = sweep_result(sweep_dir, by_setting)
     text = format_sweep_result(result)
     (sweep_dir / f"{RESULT_STEM}.md").write_text(text + "\n")
     (sweep_dir / f"{RESULT_STEM}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -346,7 +349,8 @@ class SweepProgress(Callback):
         if not sweep_dir.is_dir():
             return
         try:
-            _, text = write_sweep_result(sweep_dir)
+            grid = sweep_jobs(list(config.hydra.overrides.task)) is not None
+            _, text = write_sweep_result(sweep_dir, by_setting=grid)
         except Exception as exc:  # noqa: BLE001 - the jobs' own results stand whatever happens here
             log.warning("no sweep result: %s", exc)
             return
