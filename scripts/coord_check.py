@@ -39,10 +39,12 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("wandb"):
         from omegaconf import OmegaConf
 
-        from mugpt.run import publish_to_wandb
+        from mugpt.run import launch_name, publish_to_wandb
 
-        local = publish_to_wandb(pngs[0].stem, result["output_dir"], pngs, csvs,
-                                 OmegaConf.to_container(cfg, resolve=False))
+        # one job_type for both axes; the name keeps the figure's (coord_check_depth-...)
+        local = publish_to_wandb("coord_check", result["output_dir"], pngs, csvs,
+                                 OmegaConf.to_container(cfg, resolve=False),
+                                 name=f"{pngs[0].stem}-{launch_name(result['output_dir'])}")
         print(f"logged to W&B: {local}")
 
 

@@ -4,7 +4,9 @@ Sweeps the donor over `search` under each parametrization, trains the target (wi
 another batch: target_width, target_depth, target_steps, target_batch_size) with the donor's best
 hyperparameters, optionally tunes the target itself over `target_search` for the regret, prints the comparison
 and writes transfer.json plus the µTransfer report (mutransfer.csv, mutransfer.png, mutransfer_transfer.png) of
-all runs into the output directory.
+all runs into the output directory. When the runs log to W&B (the default logger), they share one group per launch
+(mutransfer_DATE_TIME), are named and typed by role (donor-..., target-...; job_type donor or target), and the
+report joins them as a run of job_type report with the loss-vs-lr curves as a table and a chart per series.
 Examples: python scripts/mutransfer.py donor_width=64 target_width=256 "search.lr_log2=[-10,-8,-6]"
           python scripts/mutransfer.py target_width=null target_depth=8 "seeds=[0,1,2]" \
               "overrides=['++parametrization.depth_alpha=1']" "+target_search.lr_log2=[-9,-8,-7,-6,-5]"
@@ -13,6 +15,7 @@ Examples: python scripts/mutransfer.py donor_width=64 target_width=256 "search.l
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mugpt.runtime import reexec_with_heap_reuse
@@ -22,7 +25,7 @@ if __name__ == "__main__":
 
 import hydra  # noqa: E402
 from hydra import compose  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from mugpt.config import register_configs  # noqa: E402
 from mugpt.mutransfer import (  # noqa: E402
@@ -33,14 +36,21 @@ from mugpt.mutransfer import (  # noqa: E402
     run_pipeline,
     transfer_text,
 )
+from mugpt.run import launch_name, logger_configs, publish_to_wandb, short_name  # noqa: E402
 from mugpt.training import check_config, train  # noqa: E402
 
 log = logging.getLogger("mugpt")
 
 
-def train_one(overrides: list[str], output_dir: Path) -> dict:
-    """One training run, composed exactly as `python src/train.py OVERRIDES` would compose it."""
-    cfg = compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
+# run_pipeline's folders (conf/mutransfer.yaml: OUTPUT/PARAMETRIZATION/{donor,target,target_search}/) -> the
+# run's role, its W&B job_type and name prefix; the target's own tuning is the target's too
+ROLES = {"donor": "donor", "target": "target", "target_search": "target"}
+
+
+def train_one(overrides: list[str], output_dir: Path, logging_overrides: tuple[str, ...] = ()) -> dict:
+    """One training run, composed exactly as `python src/train.py OVERRIDES` would compose it; logging_overrides
+    (its W&B identity) are added but not shown."""
+    cfg = compose(config_name="config", overrides=[*overrides, *logging_overrides, f"output_dir={output_dir}"])
     log.info("run: %s", " ".join(overrides))
     try:
         return train(cfg)
@@ -65,10 +75,52 @@ def compose_one(overrides: list[str]):
         raise ValueError(f"`{' '.join(overrides)}` cannot be composed: {exc}") from exc
 
 
+def _search_keys(space, prefix: str = "") -> dict[str, int]:
+    """{"parametrization": {"output_alpha": [64, 128]}} -> {"parametrization.output_alpha": 2}: each searched key
+    and its number of values."""
+    keys: dict[str, int] = {}
+    for key, values in (space or {}).items():
+        if isinstance(values, dict):
+            keys.update(_search_keys(values, f"{prefix}{key}."))
+        else:
+            keys[f"{prefix}{key}"] = len(values) if isinstance(values, list) else 1
+    return keys
+
+
+def wandb_identity(cfg: DictConfig) -> tuple[Callable[[list[str], Path], tuple[str, ...]], str] | None:
+    """For runs that log to W&B (None when they do not): the launch's group, and (overrides, output_dir) -> the
+    overrides naming a run in it, by role and by the settings that tell its runs apart (the parametrization and
+    seed when there are several, the searched keys with several values, every key of the target's own search),
+    e.g. donor-mup-lr2^-8 and target-mup-lr2^-8. A logger.wandb.* in `overrides` is the user's and stays."""
+    if not any(c._target_.endswith("WandbLogger") for c in logger_configs(
+            compose_one([f"+experiment={cfg.training_experiment}", *cfg.overrides])).values()):
+        return None
+    spaces = OmegaConf.to_container(cfg, resolve=True)
+    searched = _search_keys(spaces["search"])
+    for own in (spaces.get("search_by_parametrization") or {}).values():
+        searched.update({k: max(n, searched.get(k, 0)) for k, n in _search_keys(own).items()})
+    keys = {k for k, n in searched.items() if n > 1} | set(_search_keys(spaces.get("target_search")))
+    keys |= {k for k, n in (("parametrization", len(cfg.parametrizations)), ("seed", len(cfg.seeds))) if n > 1}
+    given = dict(o.lstrip("+").split("=", 1) for o in cfg.overrides if "=" in o)
+    group = given.get("logger.wandb.group", "").strip("'\"") or launch_name(cfg.output_dir)
+
+    def identity(overrides: list[str], output_dir: Path) -> tuple[str, ...]:
+        role = ROLES.get(Path(output_dir).parent.name, "train")
+        derived = {"name": f"'{short_name(overrides, keys, prefix=role)}'", "group": f"'{group}'", "job_type": role}
+        return tuple(f"++logger.wandb.{k}={v}" for k, v in derived.items() if f"logger.wandb.{k}" not in given)
+
+    return identity, group
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="mutransfer")
 def main(cfg: DictConfig) -> None:
     try:
-        result = run_pipeline(cfg, train_one, check=check_one, compose=compose_one)
+        identity, group = wandb_identity(cfg) or (None, None)
+
+        def run(overrides: list[str], output_dir: Path) -> dict:
+            return train_one(overrides, output_dir, identity(overrides, output_dir) if identity else ())
+
+        result = run_pipeline(cfg, run, check=check_one, compose=compose_one)
     except ValueError as exc:  # a refused option or run, before any training (train_one records its own failures)
         sys.exit(f"error: {exc}")
     out = Path(cfg.output_dir)
@@ -79,6 +131,10 @@ def main(cfg: DictConfig) -> None:
                      axis=report_axis(result))
     print("\n" + format_pipeline(result))
     print(f"\nwrote {out / 'transfer.json'}, " + ", ".join(str(f) for f in written["files"]))
+    if identity is not None:  # the report beside its runs, in their group
+        publish_to_wandb("report", out, [f for f in written["files"] if f.suffix == ".png"],
+                         [f for f in written["files"] if f.suffix == ".csv"], OmegaConf.to_container(cfg, resolve=True),
+                         name="report", group=group, curves=written["curves"])
 
 
 if __name__ == "__main__":

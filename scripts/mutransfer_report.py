@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("--keys", default="", help="config keys to add as CSV columns, comma-separated "
                         "(e.g. model.init_std,parametrization.output_mult)")
     parser.add_argument("--wandb", action="store_true",
-                        help="also log the figures and tables to W&B (offline without a key)")
+                        help="also log the figures, tables and loss-vs-lr curves to W&B as a run of job_type report, "
+                             "in the sweep's group (offline without a key)")
     args = parser.parse_args(argv)
     try:
         result = report(args.sweep_dirs if len(args.sweep_dirs) > 1 else args.sweep_dirs[0], args.out,
@@ -55,12 +56,15 @@ def main(argv=None) -> int:
     print(result["text"])
     print("wrote " + ", ".join(str(f) for f in result["files"]))
     if args.wandb:
-        from mugpt.run import publish_to_wandb
+        from mugpt.run import launch_name, publish_to_wandb
 
         out = result["output_dir"]
-        local = publish_to_wandb("mutransfer_report", out, [out / "mutransfer.png", out / "mutransfer_transfer.png"],
+        # one sweep: the report is named after it and joins its runs' group (its launch name, as they derived it)
+        sweep = launch_name(args.sweep_dirs[0]) if len(args.sweep_dirs) == 1 else None
+        local = publish_to_wandb("report", out, [out / "mutransfer.png", out / "mutransfer_transfer.png"],
                                  [out / "mutransfer.csv"], {"sweep_dir": ", ".join(args.sweep_dirs),
-                                                            "axis": args.axis, "group": _keys(args.group)})
+                                                            "axis": args.axis, "group": _keys(args.group)},
+                                 name=f"report-{sweep}" if sweep else None, group=sweep, curves=result["curves"])
         print(f"logged to W&B: {local}")
     return 0
 
