@@ -31,7 +31,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.errors import INPUT_ERRORS, ConfigError, as_config_error
+from mugpt.errors import INPUT_ERRORS, ConfigError, RunInterrupted, as_config_error
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +441,22 @@ class Run:
         self.summary["output_dir"] = str(output_dir)
 
 
+def _ctrl_c(exc: BaseException) -> bool:
+    """A KeyboardInterrupt, or the SystemExit Lightning raises after catching one."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt))
+
+
+def _stopped_at_once(run: Run) -> str:
+    if not run.training:
+        return "interrupted (Ctrl-C) before training started; nothing to resume"
+    from mugpt.checkpointing import CHECKPOINT_DIR, LAST
+
+    kept = run.output_dir / CHECKPOINT_DIR / LAST
+    return (f"stopped at once (Ctrl-C); the last checkpoint, {kept}, continues with resume=auto" if kept.is_file()
+            else "stopped at once (Ctrl-C) before any checkpoint was saved")
+
+
 def task_wrapper(describe: Callable[[DictConfig], dict]) -> Callable:
     """Decorate `task(cfg, run)` into `task(cfg) -> summary`: the summary starts as status `failed` with
     describe(cfg)'s keys; on any exception it gets `error` and `traceback`, and a ValueError, FileNotFoundError
@@ -467,6 +483,10 @@ def task_wrapper(describe: Callable[[DictConfig], dict]) -> Callable:
             except BaseException as exc:
                 run.summary["error"] = f"{type(exc).__name__}: {exc}"
                 run.summary["traceback"] = traceback.format_exc()
+                if _ctrl_c(exc):  # Lightning turns a KeyboardInterrupt inside fit into sys.exit(1)
+                    run.summary["status"] = "interrupted"
+                    run.summary["signal"] = "SIGINT"
+                    raise RunInterrupted(_stopped_at_once(run)) from exc
                 if not run.training and isinstance(exc, INPUT_ERRORS):
                     run.summary["refused"] = True
                     if not isinstance(exc, ConfigError):
