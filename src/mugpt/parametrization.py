@@ -73,6 +73,15 @@ class Parametrization:
     def check_family(family: str) -> None:
         """Refuse an optimizer family this parametrization has no rule for (none here)."""
 
+    def promises(self, family: str) -> dict[str, dict[str, float]]:
+        """How the built model and its first steps must scale, as exponents per axis ("width", "depth"), under an
+        optimizer of this µP family: what mugpt.doctor measures a model against. Keys: init.KIND (RMS of the weights
+        as built), mult.hidden / mult.readout / mult.embedding (forward multipliers), attn_scale (attention logits
+        per q·k), branch (residual branch multiplier), lr.KIND, eps.KIND (Adam's ε), lr_wd.KIND (decoupled decay's
+        lr·wd), update.KIND (a step's ΔW·x), activation.hidden, logits_change, stream_change. None here: a
+        parametrization without rules (SP) promises nothing."""
+        return {}
+
 
 class StandardParametrization(Parametrization):
     """GPT-2 as published: N(0, 0.02) init, 1/sqrt(d_head) attention, one learning rate for all."""
@@ -379,6 +388,44 @@ class MaximalUpdateParametrization(Parametrization):
         raise ValueError(f"parametrization=mup has no learning-rate rule for the optimizer family '{family}' "
                          f"(known: {', '.join(MUP_FAMILIES)}); declare the optimizer's family in mugpt.optim")
 
+    def promises(self, family: str) -> dict[str, dict[str, float]]:
+        """µP's rules as exponents (see Parametrization.promises). Width, Tensor Programs V's Table 3 (the µP with
+        a 1/fan_in output multiplier that mup implements): hidden init variance 1/fan_in (RMS width^-1/2), the rest
+        width-independent; logits = output_mult/m · W h; attention α/d_head (d_head ∝ width at fixed heads). The
+        learning rates are lr_multiplier's, by family: adam, hidden 1/m and the rest 1 (Table 3's Adam column);
+        sgd, Table 3's SGD column as mup's MuSGD applies it, hidden by the fan_in/fan_out multiplier ratio (1 here:
+        both dimensions of every hidden matrix grow with width) and every parameter with one width dimension
+        (tables, biases, gains, an untied readout) ×m; muon, hidden 1 (the orthogonalised step's spectral norm is
+        already width-independent: no 1/m on top) and the AdamW part 1. Adam's ε ×1/m when scale_eps (Adam-like
+        groups only: Muon's ε is Newton-Schulz's); decoupled decay keeps lr·wd fixed (weight_decay / lr_mult). So
+        every layer's ΔW·x, the hidden activations and the logits' change are Θ(1). Depth, for α > 0 (CompleteP,
+        Dey et al. 2025, Table 1 and Eq. 40; parameters inside the blocks): branches ×L^-α, learning rates
+        ×L^(α-1) (so ΔW·x of a block's layers too), ε ×L^-α, init held at base depth; the stream's and the
+        logits' change Θ(1)."""
+        if family not in MUP_FAMILIES:
+            raise ValueError(f"parametrization=mup has no rules for the optimizer family '{family}' "
+                             f"(known: {', '.join(MUP_FAMILIES)})")
+        self.check_family(family)
+        lr = {"adam": {"hidden": -1.0}, "sgd": {"embedding": 1.0, "vector": 1.0, "readout": 1.0}}.get(family, {})
+        eps_kinds = {"adam": KINDS, "sgd": (), "muon": ("embedding", "vector", "readout")}[family]
+        width = {"init.hidden": -0.5, "init.embedding": 0.0, "init.vector": 0.0, "init.readout": 0.0,
+                 "mult.hidden": 0.0, "mult.readout": -1.0, "mult.embedding": 0.0, "attn_scale": -1.0, "branch": 0.0,
+                 **{f"lr.{k}": lr.get(k, 0.0) for k in KINDS}, **{f"lr_wd.{k}": 0.0 for k in KINDS},
+                 **{f"eps.{k}": -1.0 if self.scale_eps else 0.0 for k in eps_kinds},
+                 **{f"update.{k}": 0.0 for k in KINDS}, "activation.hidden": 0.0, "stream_change": 0.0,
+                 "logits_change": 0.0}
+        if self.depth_alpha == 0:
+            return {"width": width}
+        a = self.depth_alpha
+        depth = {**{f"init.{k}": 0.0 for k in KINDS}, "mult.hidden": 0.0, "mult.readout": 0.0, "mult.embedding": 0.0,
+                 "attn_scale": 0.0, "branch": -a, "lr.hidden": a - 1, "lr.vector": a - 1, "lr.embedding": 0.0,
+                 "lr.readout": 0.0, **{f"lr_wd.{k}": 0.0 for k in KINDS},
+                 **{f"eps.{k}": (-a if k in ("hidden", "vector") else 0.0) if self.scale_eps else 0.0
+                    for k in eps_kinds},
+                 "update.hidden": a - 1, "update.vector": a - 1, "update.embedding": 0.0, "update.readout": 0.0,
+                 "activation.hidden": 0.0, "stream_change": 0.0, "logits_change": 0.0}
+        return {"width": width, "depth": depth}
+
     @staticmethod
     def options_for_widths(options: dict, widths: list[int]) -> dict:
         """The options for a run over several widths (the coordinate check): base_width null = the narrowest."""
@@ -487,6 +534,23 @@ class UnitScaledParametrization(Parametrization):
             raise ValueError(f"parametrization=umup: the '{family}' optimizer family is not supported: u-µP's "
                              f"learning-rate rule (unit-scaling's lr_scale_func_adam) is for Adam's "
                              f"entrywise-normalised steps; use an Adam-family optimizer (optim=adamw, adam, ...)")
+
+    def promises(self, family: str) -> dict[str, dict[str, float]]:
+        """u-µP's rules as exponents of width (see Parametrization.promises; Blake et al. 2025, Table 2, as the
+        unit-scaling package builds them): every weight drawn with RMS 1 at any width, the widths moved into the
+        ops instead: a hidden linear ×1/sqrt(fan_in), the readout ×1/fan_in, attention α/d_head. Adam learning
+        rates (lr_scale_func_adam): hidden matrices and the tables lr/sqrt(fan_in) (a table's fan_in is the width),
+        the readout and the gains and biases lr; ε unscaled; decay lr-independent (lr·wd fixed). So ΔW·x is Θ(1)
+        for the hidden layers and the readout and shrinks as width^-1/2 for the tables. Its depth rule (block
+        learning rates ×L^-1/2, the residual τ rule) is not declared here."""
+        self.check_family(family)
+        width = {**{f"init.{k}": 0.0 for k in KINDS}, "mult.hidden": -0.5, "mult.readout": -1.0,
+                 "mult.embedding": 0.0, "attn_scale": -1.0, "branch": 0.0,
+                 "lr.hidden": -0.5, "lr.embedding": -0.5, "lr.vector": 0.0, "lr.readout": 0.0,
+                 **{f"eps.{k}": 0.0 for k in KINDS}, **{f"lr_wd.{k}": 0.0 for k in KINDS},
+                 "update.hidden": 0.0, "update.readout": 0.0, "update.embedding": -0.5, "update.vector": 0.0,
+                 "activation.hidden": 0.0, "stream_change": 0.0, "logits_change": 0.0}
+        return {"width": width}
 
     @staticmethod
     def check_model(config: GPTConfig) -> None:
