@@ -1,6 +1,6 @@
 """µTransfer for every optimizer of the zoo, SP against µP, with error bars over seeds:
 `python scripts/optimizer_transfer.py [--out DIR] [--stage all|sweep|report] [--optimizers a,b] [--seeds 0,1,2]
-[--jobs 2]`.
+[--jobs 2] [--launcher ray]`.
 
 For each optimizer and parametrization (SP and µP; with `--parametrizations sp,mup,umup` also u-µP, for AdamW, the
 one optimizer its rules are written for), two Hydra multiruns of src/train.py at the CPU µTransfer experiment's
@@ -10,7 +10,10 @@ scale (`+experiment=mutransfer_lr`: byte-level Shakespeare, 2 layers, 200 steps,
   2. the target, width 256 (4x), over five octaves around the donor's best lr on its seed-mean curve: one up and
      three down for SP (whose best lr is expected to fall with width), two each way for µP.
 Each pair's target starts as soon as its donor is done; `--jobs` pairs run at once, each job with one torch
-thread. A sweep folder holding all its runs is kept and skipped, so an interrupted call picks up where it stopped.
+thread. `--launcher ray` runs each sweep's jobs side by side instead (conf/hydra/launcher/ray.yaml; its keys through
+--set, e.g. --set hydra.launcher.ray.remote.num_gpus=0.25): one pair at a time, or --jobs pairs on a Ray cluster
+joined with --set hydra.launcher.ray.init.address=auto.
+A sweep folder holding all its runs is kept and skipped, so an interrupted call picks up where it stopped.
 `--stage coord` runs the coordinate check (scripts/coord_check.py) with each optimizer, widths 64-256, 3 seeds, 4
 updates, SP and µP at µP's donor best lr (before the sweeps: 0.01; SGD 0.25, Muon 0.02), into --out/coord/NAME;
 the report adds its slopes.
@@ -30,6 +33,7 @@ digit, checked), so its row would repeat AdamW's.
 
 import argparse
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -73,6 +77,11 @@ LABEL = {"sp": "SP", "mup": "µP", "umup": "u-µP"}
 
 
 EXTRA: list[str] = []  # --set: overrides appended to every sweep (e.g. trainer.max_steps=20 for a quick look)
+LAUNCHER: list[str] = []  # --launcher: hydra/launcher=NAME for every sweep
+# --launcher: the plugin each launcher config needs (conf/hydra/launcher/ and the plugins' own configs)
+LAUNCHER_PLUGINS = {"ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+                    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+                    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
 
 
 def setting(name: str, param: str) -> tuple[list[str], range]:
@@ -85,7 +94,7 @@ def sweep_command(name: str, param: str, width: int, log2_lrs, seeds, folder: Pa
     return [sys.executable, str(ROOT / "src" / "train.py"), "-m", "+experiment=mutransfer_lr",
             f"parametrization={param}", *overrides, f"model.width={width}",
             "lr_log2=" + ",".join(str(x) for x in log2_lrs), "seed=" + ",".join(str(s) for s in seeds),
-            "logger=none", *EXTRA, f"hydra.sweep.dir={folder}"]
+            "logger=none", *LAUNCHER, *EXTRA, f"hydra.sweep.dir={folder}"]
 
 
 def _finished(folder: Path) -> int:
@@ -103,9 +112,10 @@ def run_sweep(name: str, param: str, width: int, log2_lrs, seeds, folder: Path) 
     folder.parent.mkdir(parents=True, exist_ok=True)
     cmd = sweep_command(name, param, width, log2_lrs, seeds, folder)
     start = time.time()
+    # one thread per job; a launcher gives each job its threads itself (Ray: OMP_NUM_THREADS = the job's num_cpus)
+    env = os.environ if LAUNCHER else {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(folder.parent / f"{folder.name}.log", "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env).returncode
     print(f"[{name} {param} {width}] rc {rc}, {_finished(folder)}/{expected} runs, {time.time() - start:.0f} s",
           flush=True)
 
@@ -340,7 +350,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parametrizations", default="sp,mup",
                         help="sp, mup, umup (u-µP: AdamW only; the others are skipped under it)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--jobs", type=int, default=2, help="sweeps at once (one torch thread each)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="sweeps at once (default 2, one torch thread each; 1 with --launcher)")
+    parser.add_argument("--launcher", choices=sorted(LAUNCHER_PLUGINS),
+                        help="hydra/launcher for every sweep: its jobs side by side (ray) or as SLURM jobs")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a training override for every sweep (repeatable), e.g. --set trainer.max_steps=20")
     args = parser.parse_args(argv)
@@ -350,13 +363,24 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise SystemExit(f"error: --seeds={args.seeds}: comma-separated integers") from None
-    if not seeds or args.jobs < 1:
+    jobs = args.jobs if args.jobs is not None else (1 if args.launcher else 2)
+    if not seeds or jobs < 1:
         raise SystemExit("error: --seeds needs at least one seed and --jobs at least 1")
+    if args.launcher:
+        plugin, extra = LAUNCHER_PLUGINS[args.launcher]
+        if importlib.util.find_spec(plugin) is None:
+            raise SystemExit(f'error: --launcher={args.launcher} needs the {extra} extra: pip install -e ".[{extra}]"')
+        joins = any(s.startswith("hydra.launcher.ray.init.address=") for s in args.set)
+        if args.launcher == "ray" and jobs > 1 and not joins:
+            raise SystemExit(f"error: --jobs={jobs} with --launcher=ray: each sweep would start a Ray of its own on "
+                             "this machine, each taking every core; give --jobs 1 (each sweep's jobs run side by "
+                             "side), or join one cluster: --set hydra.launcher.ray.init.address=auto")
     out = Path(args.out).resolve()
     EXTRA[:] = args.set
+    LAUNCHER[:] = [f"hydra/launcher={args.launcher}"] if args.launcher else []
     if args.stage in ("all", "sweep"):
         pairs = [(name, param) for name in names for param in params if param != "umup" or (name, param) in SPECIAL]
-        with ThreadPoolExecutor(args.jobs) as pool:
+        with ThreadPoolExecutor(jobs) as pool:
             for future in [pool.submit(sweep_pair, out, name, param, seeds) for name, param in pairs]:
                 future.result()
     if args.stage in ("all", "coord"):
