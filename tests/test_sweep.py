@@ -171,3 +171,35 @@ def test_a_searchs_answer_is_its_best_trial(tmp_path):
     assert result["setting_keys"] == [] and result["counts"] == {"completed": 3, "diverged": 1}
     assert result["settings"] == [{"setting": {}, "lrs_tried": 3, "seeds": 1, "best_lr": 0.01, "best_loss": 2.8,
                                    "edge": None}]
+
+
+def test_a_multi_process_job_under_the_ray_launcher_is_refused_before_the_sweep():
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    with pytest.raises(ConfigError, match=r"^job 1 of 2 \(.*\) is refused, so the sweep is not started: "
+                                          r"trainer.devices=2: a job of 2 processes cannot start its other ranks "
+                                          r"inside a Ray worker"):
+        check_launch(["-m", "hydra/launcher=ray", "model=tiny", "trainer=ddp", "trainer.accelerator=cpu",
+                      "trainer.devices=2", "model.width=32,64"])
+
+
+@pytest.mark.slow
+def test_inside_a_ray_worker_an_interrupted_job_returns_instead_of_exiting():
+    """A Ray worker that exits is a crashed task (the sweep would fail with Ray's error): there the job returns."""
+    ray = pytest.importorskip("ray")
+    from mugpt.checkpointing import after_interruption, in_ray_worker
+
+    def job(signal_name: str, multirun: bool):
+        import mugpt.checkpointing as checkpointing
+
+        checkpointing.after_interruption({"signal": signal_name}, multirun=multirun)
+        return checkpointing.in_ray_worker()
+
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(job)
+        assert ray.get([task.remote("SIGTERM", True), task.remote("SIGINT", False)]) == [True, True]
+        assert not in_ray_worker()  # the sweep's own process
+        with pytest.raises(SystemExit):
+            after_interruption({"signal": "SIGTERM"}, multirun=True)
+    finally:
+        ray.shutdown()

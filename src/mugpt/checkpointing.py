@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +168,28 @@ class PreemptionCheckpoint(L.Callback):
         self._previous = {}
 
 
+def in_ray_worker() -> bool:
+    """Is this process a Ray worker running a task (hydra/launcher=ray), rather than the sweep's own process?"""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return False
+    try:
+        return ray.get_runtime_context().worker.mode == 1  # ray's WORKER_MODE (0: the driver)
+    except Exception:  # noqa: BLE001 - an older or newer Ray without this internal: treat as not a worker
+        return False
+
+
 def after_interruption(summary: dict, multirun: bool, job: int | None = None) -> None:
     """What the command does after a run a signal stopped cleanly (its checkpoint saved). SIGUSR2 under a
     launcher that handles it (submitit's SLURM jobs): the signal is handed on to that handler, which requeues the
     job (the sweep given resume=auto then continues it). Ctrl-C: exit 130, so a sweep or a shell script stops. A
     scheduler's SIGTERM/SIGUSR1 is meant for the whole process: a sweep stops after this job."""
     name = summary.get("signal")
+    if in_ray_worker():
+        # a Ray worker that exits is a crashed task to Ray: the job returns, and the signal, meant for the whole
+        # allocation, reaches the sweep's own process too, which stops the sweep
+        log.warning("%s: the job stopped cleanly; the sweep's own process decides whether the sweep goes on", name)
+        return
     handler = signal.getsignal(signal.SIGUSR2) if name == "SIGUSR2" else None
     if callable(handler):
         log.warning("SIGUSR2: handed on to the launcher's handler (under SLURM: the job is requeued)")

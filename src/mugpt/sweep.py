@@ -103,7 +103,12 @@ def check_launch(args: Sequence[str]) -> None:
     for i, job in enumerate(jobs):
         try:
             cfg, hydra_node = _preflight_config(job)
-            preflight(cfg)
+            processes = preflight(cfg)
+            if multirun and processes > 1 and "ray" in str(hydra_node.launcher.get("_target_", "")).lower():
+                # Lightning starts ranks 1.. by re-running the command line, which in a Ray worker is Ray's own
+                raise ConfigError(f"trainer.devices={cfg.trainer.get('devices')}: a job of {processes} processes "
+                                  f"cannot start its other ranks inside a Ray worker; give each job one device "
+                                  f"(hydra.launcher.ray.remote.num_gpus=1), or use hydra/launcher=slurm")
         except ConfigError as exc:
             if not multirun:
                 raise

@@ -200,13 +200,15 @@ def check_config(cfg: DictConfig) -> tuple[int, int]:
         return processes, accumulation_steps(cfg, processes)
 
 
-def preflight(cfg: DictConfig) -> None:
+def preflight(cfg: DictConfig) -> int:
     """Every refusal that needs neither a run directory nor data: the config, the data options, the memory
-    estimate. `src/train.py` runs it on every job of a launch before Hydra makes any folder; train() again."""
-    check_config(cfg)
+    estimate. `src/train.py` runs it on every job of a launch before Hydra makes any folder; train() again.
+    Returns the run's process count."""
+    processes, _ = check_config(cfg)
     with refusing_input():
         datamodule = build_datamodule(cfg)
         check_memory(cfg, datamodule.vocab_size)
+    return processes
 
 
 def available_memory_bytes(on_cuda: bool) -> int | None:
