@@ -7,12 +7,14 @@ and writes transfer.json plus the µTransfer report (mutransfer.csv, mutransfer.
 all runs into the output directory. When the runs log to W&B (the default logger), they share one group per launch
 (mutransfer_DATE_TIME), are named and typed by role (donor-..., target-...; job_type donor or target), and the
 report joins them as a run of job_type report with the loss-vs-lr curves as a table and a chart per series.
+With launcher=ray each stage's runs train side by side as Ray tasks (conf/hydra/launcher/ray.yaml's shares).
 Examples: python scripts/mutransfer.py donor_width=64 target_width=256 "search.lr_log2=[-10,-8,-6]"
           python scripts/mutransfer.py target_width=null target_depth=8 "seeds=[0,1,2]" \
               "overrides=['++parametrization.depth_alpha=1']" "+target_search.lr_log2=[-9,-8,-7,-6,-5]"
 (overrides: each one quoted, since `=` cannot stand bare in a Hydra list; `++` as SP's config has no depth_alpha)
 """
 
+import importlib.util
 import logging
 import sys
 from collections.abc import Callable
@@ -37,6 +39,7 @@ from mugpt.mutransfer import (  # noqa: E402
     transfer_text,
 )
 from mugpt.run import launch_name, logger_configs, publish_to_wandb, short_name  # noqa: E402
+from mugpt.sweep import ray_run_many  # noqa: E402
 from mugpt.training import check_config, train  # noqa: E402
 
 log = logging.getLogger("mugpt")
@@ -112,6 +115,18 @@ def wandb_identity(cfg: DictConfig) -> tuple[Callable[[list[str], Path], tuple[s
     return identity, group
 
 
+def stage_runner(cfg: DictConfig, identity) -> Callable | None:
+    """launcher=ray: each stage's runs side by side as Ray tasks (mugpt.sweep.ray_run_many); null: in turn here."""
+    if cfg.launcher is None:
+        return None
+    if cfg.launcher != "ray":
+        raise ValueError(f"launcher={cfg.launcher}: unknown (null: one run after another; ray: side by side)")
+    if importlib.util.find_spec("ray") is None:
+        raise ValueError("launcher=ray: needs Ray: pip install -e '.[ray]'")
+    many = ray_run_many(list(cfg.launcher_overrides))
+    return lambda jobs: many([([*o, *(identity(o, f) if identity else ())], f) for o, f in jobs])
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="mutransfer")
 def main(cfg: DictConfig) -> None:
     try:
@@ -120,7 +135,7 @@ def main(cfg: DictConfig) -> None:
         def run(overrides: list[str], output_dir: Path) -> dict:
             return train_one(overrides, output_dir, identity(overrides, output_dir) if identity else ())
 
-        result = run_pipeline(cfg, run, check=check_one, compose=compose_one)
+        result = run_pipeline(cfg, run, check=check_one, compose=compose_one, run_many=stage_runner(cfg, identity))
     except ValueError as exc:  # a refused option or run, before any training (train_one records its own failures)
         sys.exit(f"error: {exc}")
     out = Path(cfg.output_dir)

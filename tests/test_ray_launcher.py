@@ -143,6 +143,55 @@ def test_each_job_under_ray_trains_as_under_the_basic_launcher(side_by_side):
     assert [s["train_loss"] for s in ray] == [s["train_loss"] for s in basic]
 
 
+@pytest.mark.slow
+def test_progress_lines_and_the_answer_under_ray(side_by_side):
+    """Each job's progress line is written by the job itself (inside its Ray worker, into its own log), counting
+    the sweep's jobs from their folders; the sweep's own process writes the answer."""
+    lines = [line for j in "0123" for line in (side_by_side / "ray" / j / "train.log").read_text().splitlines()
+             if "sweep " in line and "/4" in line]
+    assert len(lines) == 4 and all("job " in line and "(optim.lr=" in line for line in lines)
+    assert sorted(int(line.split("sweep ", 1)[1].split("/", 1)[0]) for line in lines) == [1, 2, 3, 4]
+    answer = json.loads((side_by_side / "ray" / "sweep_result.json").read_text())
+    assert answer["jobs"] == 4 and answer["counts"] == {"completed": 4}
+    basic = json.loads((side_by_side / "basic" / "sweep_result.json").read_text())
+    assert answer["settings"] == basic["settings"]  # the same answer under both launchers
+
+
+PIPELINE = ["parametrizations=[mup]", "donor_width=32", "target_width=64", "search.lr_log2=[-8,-6]",
+            "~search_by_parametrization", "seeds=[0,1]",
+            "overrides=['logger=none','trainer.max_steps=20','eval_every=20','optim.warmup_steps=2',"
+            "'data.val_batches=2']"]
+
+
+@pytest.mark.slow
+def test_the_pipeline_trains_each_stage_side_by_side_on_ray_to_the_same_result(tmp_path, cache_dir, ray_env):
+    """scripts/mutransfer.py launcher=ray: the donor grid × seeds as one batch of Ray tasks (two at a time), the
+    same losses, choice and verdict as one run after another."""
+    needs_ray()
+    env = {**os.environ, "MUGPT_CACHE": str(cache_dir), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    outputs = {}
+    shares = "launcher_overrides=[" + ",".join(f"'{o}'" for o in TWO_AT_A_TIME) + "]"
+    for name, extra in (("each", []), ("ray", ["launcher=ray", shares])):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "mutransfer.py"),
+                               *PIPELINE, *extra, f"output_dir={out}", f"hydra.run.dir={out}"], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[name] = (json.loads((out / "transfer.json").read_text()), proc.stdout)
+    each, ray = (outputs[n][0]["parametrizations"]["mup"] for n in ("each", "ray"))
+    assert [t["seed_losses"] for t in ray["donor_trials"]] == [t["seed_losses"] for t in each["donor_trials"]]
+    assert ray["target_losses"] == each["target_losses"] and ray["donor_best"] == each["donor_best"]
+    verdicts = [next(line for line in outputs[n][1].splitlines() if line.startswith("verdict: ")) for n in outputs]
+    assert verdicts[0] == verdicts[1]
+    donors = [(tmp_path / "ray" / "mup" / "donor" / f"{i}_seed{s}") for i in (0, 1) for s in (0, 1)]
+    assert most_at_once([span_of_run(d) for d in donors]) == 2
+
+
+def span_of_run(run_dir: Path) -> tuple[float, float]:
+    """When a run outside Hydra's job folders ran: its config.yaml at the start, its summary.json at the end."""
+    return (run_dir / "config.yaml").stat().st_mtime, (run_dir / "summary.json").stat().st_mtime
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -677,17 +677,31 @@ def report_axis(result: Mapping[str, Any]) -> str:
     return "width"
 
 
-def _train_seeds(run: Callable, overrides: list[str], seeds: Sequence[int], folder: Path,
-                 stem: str = "") -> tuple[list[float], list[str]]:
-    """One setting over the seeds, each in folder/STEMseedN: per seed its val loss (+inf when it diverged or
-    failed) and status."""
-    losses, statuses = [], []
-    for seed in seeds:
-        summary = run([*overrides, f"seed={seed}"], folder / f"{stem}seed{seed}")
-        ok = summary["status"] == "completed" and math.isfinite(summary.get("val_loss", math.nan))
-        losses.append(summary["val_loss"] if ok else math.inf)
-        statuses.append(summary["status"])
-    return losses, statuses
+Job = tuple[list[str], Path]  # one training run: its overrides and its output directory
+
+
+def run_each(run: Callable[[list[str], Path], Mapping[str, Any]]) -> Callable[[Sequence[Job]], list[Mapping]]:
+    """A stage's runs one after another in this process: the default way to train a stage's batch of runs."""
+    return lambda jobs: [run(overrides, folder) for overrides, folder in jobs]
+
+
+def _train_stage(run_many: Callable[[Sequence[Job]], list[Mapping]], settings: Sequence[tuple[list[str], Path, str]],
+                 seeds: Sequence[int]) -> list[tuple[list[float], list[str]]]:
+    """Every setting over the seeds, each run in folder/STEMseedN, given to `run_many` as one batch (a launcher
+    may run them side by side): per setting, per seed its val loss (+inf when it diverged or failed) and status."""
+    jobs = [([*overrides, f"seed={seed}"], folder / f"{stem}seed{seed}")
+            for overrides, folder, stem in settings for seed in seeds]
+    summaries = iter(run_many(jobs))
+    results = []
+    for _ in settings:
+        losses, statuses = [], []
+        for _seed in seeds:
+            summary = next(summaries)
+            ok = summary["status"] == "completed" and math.isfinite(summary.get("val_loss", math.nan))
+            losses.append(summary["val_loss"] if ok else math.inf)
+            statuses.append(summary["status"])
+        results.append((losses, statuses))
+    return results
 
 
 def _lr_curve(trials: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> dict[float, float]:
@@ -725,7 +739,8 @@ def _trial(overrides: list[str], losses: list[float]) -> dict[str, Any]:
 
 def run_pipeline(cfg: Any, run: Callable[[list[str], Path], Mapping[str, Any]],
                  check: Callable[[list[str]], None] | None = None,
-                 compose: Callable[[list[str]], Any] | None = None) -> dict:
+                 compose: Callable[[list[str]], Any] | None = None,
+                 run_many: Callable[[Sequence[Job]], list[Mapping]] | None = None) -> dict:
     """Donor sweep → best hyperparameters → target runs (→ the target's own tuning), per parametrization.
 
     cfg: shaped like conf/mutransfer.yaml. run(overrides, output_dir) -> summary dict trains one model (the
@@ -733,8 +748,10 @@ def run_pipeline(cfg: Any, run: Callable[[list[str], Path], Mapping[str, Any]],
     that cannot run; every donor run, the target and every target-search run are checked before the first run
     trains. compose(overrides) -> the composed training config, to read the donor's depth, steps or batch from
     the training experiment when the target sets one and donor_X is null (default: mugpt.config's composer; the
-    script passes Hydra's compose inside its own app). Returns the result also written to OUTPUT/transfer.json
-    and printed by the script.
+    script passes Hydra's compose inside its own app). run_many(jobs) -> their summaries, in order: how each
+    stage's batch of runs (the donor grid × seeds, the target's seeds, its search × seeds) is trained; default
+    `run` on each in turn; the script's launcher=ray runs them side by side. Returns the result also written to
+    OUTPUT/transfer.json and printed by the script.
 
     With `target_search` (e.g. {lr_log2: [...]}) the target is also trained at each of those points, the donor's
     other choices kept, so that the transferred settings are measured against the target's own tuned optimum:
@@ -771,18 +788,17 @@ def run_pipeline(cfg: Any, run: Callable[[list[str], Path], Mapping[str, Any]],
             check([*base, f"parametrization={param}", *target_shape, *combos[0]])
             for combo in target_plan:
                 check([*base, f"parametrization={param}", *target_shape, *_merge(combos[0], combo)])
+    run_many = run_many or run_each(run)
     for param, combos in plans.items():
-        trials = []
-        for i, combo in enumerate(combos):
-            losses, _ = _train_seeds(run, [*base, f"parametrization={param}", *donor_shape, *combo], seeds,
-                                     out / param / "donor", f"{i}_")
-            trials.append(_trial(combo, losses))
+        donors = _train_stage(run_many, [([*base, f"parametrization={param}", *donor_shape, *combo],
+                                          out / param / "donor", f"{i}_") for i, combo in enumerate(combos)], seeds)
+        trials = [_trial(combo, losses) for combo, (losses, _) in zip(combos, donors)]
         best = min(trials, key=lambda t: t["val_loss"])
         if not math.isfinite(best["val_loss"]):
             raise RuntimeError(f"parametrization={param}: every donor run diverged or failed; widen the search")
         transferred = best["overrides"]
-        losses, statuses = _train_seeds(run, [*base, f"parametrization={param}", *target_shape, *transferred],
-                                        seeds, out / param / "target")
+        [(losses, statuses)] = _train_stage(run_many, [([*base, f"parametrization={param}", *target_shape,
+                                                          *transferred], out / param / "target", "")], seeds)
         r: dict[str, Any] = {
             "donor_trials": trials, "donor_best": transferred, "donor_loss": best["val_loss"],
             "donor_best_log2_lr": _refined_log2_lr(trials, best), "donor_edge": _lr_edge(trials, best),
@@ -791,15 +807,13 @@ def run_pipeline(cfg: Any, run: Callable[[list[str], Path], Mapping[str, Any]],
             "target_loss_sd": mean_ci(losses)["sd"],
         }
         if target_plan:
-            tuned = []
-            for i, combo in enumerate(target_plan):
-                overrides = _merge(transferred, combo)
-                if _settings(overrides) == _settings(transferred):  # already trained: the transferred target
-                    tuned.append(_trial(overrides, losses))
-                    continue
-                point, _ = _train_seeds(run, [*base, f"parametrization={param}", *target_shape, *overrides], seeds,
-                                        out / param / "target_search", f"{i}_")
-                tuned.append(_trial(overrides, point))
+            points = [(i, _merge(transferred, combo)) for i, combo in enumerate(target_plan)]
+            # the transferred point is already trained: the target itself
+            todo = [(i, o) for i, o in points if _settings(o) != _settings(transferred)]
+            searched = _train_stage(run_many, [([*base, f"parametrization={param}", *target_shape, *o],
+                                                out / param / "target_search", f"{i}_") for i, o in todo], seeds)
+            trained = {i: point for (i, _), (point, _) in zip(todo, searched)}
+            tuned = [_trial(o, trained.get(i, losses)) for i, o in points]
             own_best = min(tuned, key=lambda t: t["val_loss"])
             seed_best = [min(t["seed_losses"][j] for t in tuned) for j in range(len(seeds))]
             r.update({

@@ -9,6 +9,9 @@ and at the end the answer (the best learning rate per value of whatever else was
   jobs' summary.json files, so it reads the same under the basic, Ray and SLURM launchers (jobs in other
   processes or on other machines, one shared sweep folder).
 - `sweep_result(sweep_dir)`: the answer, printed and written as sweep_result.md / sweep_result.json.
+- `ray_run_many(...)`: a batch of training runs (a µTransfer pipeline's stage) as Ray tasks, with the shares and
+  cluster address of conf/hydra/launcher/ray.yaml: the engine and settings of `hydra/launcher=ray`, for grids that
+  are not one Hydra multirun.
 """
 
 from __future__ import annotations
@@ -360,3 +363,53 @@ class SweepProgress(Callback):
             log.warning("no sweep result: %s", exc)
             return
         log.info("%s\n(written to %s)", text, sweep_dir / f"{RESULT_STEM}.md")
+
+
+# ------------------------------------------------------------------------------ a batch of runs on Ray
+def train_job(overrides: Sequence[str], output_dir: str | Path) -> dict[str, Any]:
+    """One training run as `python src/train.py OVERRIDES` composes it, into output_dir; a failure is a summary
+    (the batch goes on), as in a sweep."""
+    from mugpt.config import compose_training_config
+    from mugpt.errors import one_line
+    from mugpt.training import train
+
+    try:
+        return dict(train(compose_training_config([*overrides, f"output_dir={output_dir}"])))
+    except Exception as exc:  # noqa: BLE001 - recorded in the run's summary.json too
+        return {"status": "failed", "val_loss": math.nan, "error": one_line(exc)}
+
+
+def ray_launcher_settings(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """conf/hydra/launcher/ray.yaml's `ray` section ({"init": ..., "remote": ...}) with overrides written as on a
+    sweep's command line (`hydra.launcher.ray.remote.num_gpus=0.25`)."""
+    from omegaconf import OmegaConf
+
+    from mugpt.config import CONF_DIR
+    from mugpt.errors import ConfigError
+
+    settings = OmegaConf.load(CONF_DIR / "hydra" / "launcher" / "ray.yaml")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+").removeprefix("hydra.launcher.")
+        if not sep or not key.startswith(("ray.init.", "ray.remote.")):
+            raise ConfigError(f"launcher_overrides: {override}: give hydra.launcher.ray.init.KEY=VALUE or "
+                              f"hydra.launcher.ray.remote.KEY=VALUE")
+        OmegaConf.update(settings, key, yaml.safe_load(value), force_add=True)
+    return OmegaConf.to_container(settings.ray, resolve=True)
+
+
+def ray_run_many(overrides: Sequence[str] = ()):
+    """A `run_many(jobs) -> summaries` that trains each batch of (overrides, output_dir) jobs side by side as Ray
+    tasks, each with the share ray.remote gives it, on a Ray started for it or the cluster ray.init.address names;
+    the summaries come back in the jobs' order."""
+    settings = ray_launcher_settings(overrides)
+
+    def run_many(jobs: Sequence[tuple[list[str], Path]]) -> list[dict[str, Any]]:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(**{k: v for k, v in settings["init"].items() if v is not None})
+        task = ray.remote(**{k: v for k, v in settings["remote"].items() if v is not None})(train_job)
+        return ray.get([task.remote(list(o), str(folder)) for o, folder in jobs])
+
+    return run_many
