@@ -234,6 +234,8 @@ class SignalAt(L.Callback):
             threading.Timer(self.delay, os.kill, (os.getpid(), self.signum)).start()
         if self.when == "twice" and trainer.global_step == 7:
             self._send(trainer)
+        if self.when == "training" and trainer.global_step == 3:
+            self._send(trainer)  # at the start of the 4th step: that step finishes, then the run saves at step 4
 
 
 def train_with(sender: L.Callback, cfg) -> dict:
@@ -258,6 +260,7 @@ def train_with(sender: L.Callback, cfg) -> dict:
     ("validation", [], signal.SIGTERM), ("first_step", ["compile=default"], signal.SIGTERM),
     ("validation", [], signal.SIGINT),    # Ctrl-C
     ("validation", [], signal.SIGUSR2),   # SLURM's warning before the time limit (submitit's --signal=USR2@120)
+    ("training", [], signal.SIGUSR2), ("training", [], signal.SIGINT),
 ])
 def test_a_signal_during_validation_or_the_first_compile_saves_and_resumes(make_cfg, tmp_path, when, extra, signum):
     """The preemption handler is installed before the first step: a SIGTERM, SIGUSR2 or Ctrl-C in the middle of
@@ -274,6 +277,8 @@ def test_a_signal_during_validation_or_the_first_compile_saves_and_resumes(make_
     assert stopped == interrupted["steps"]
     if when == "first_step":
         assert stopped == 1  # the signal came during step 1, the compiled one; the run stopped right after it
+    elif when == "training":
+        assert stopped == 4
     else:
         assert stopped == 11  # validation after step 10; the step after it finished and saved
     resumed = train(make_cfg(*RUN, *extra, f"output_dir={run}", "resume=auto"))
