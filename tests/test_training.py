@@ -119,9 +119,9 @@ def test_empty_corpus_is_rejected(make_cfg, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_refuses_bad_input_in_one_line_and_keeps_the_summary(tmp_path, cache_dir):
-    """A refused option or path: exit status 1, one line that names it, no traceback; summary.json says failed.
-    In a sweep the refused job is recorded and the next one runs."""
+def test_cli_refuses_bad_input_in_one_line_and_leaves_no_folder(tmp_path, cache_dir):
+    """A refused option or path: exit status 1, one line that names it, no traceback, and no run folder (the
+    launch is checked before Hydra makes one). A sweep with a refused job is refused whole, before any job."""
     for args, message in [(["model.width=130", "model.n_head=4"],
                            "error: model.width=130 is not divisible by model.n_head=4"),
                           (["data=text", f"data.path={tmp_path / 'nowhere.txt'}"], "nowhere.txt"),
@@ -130,14 +130,13 @@ def test_cli_refuses_bad_input_in_one_line_and_keeps_the_summary(tmp_path, cache
         proc = run_train_cli([*args, "logger=none", f"hydra.run.dir={out}"], tmp_path, cache_dir)
         assert proc.returncode == 1
         assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
-        assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+        assert not out.exists()
     sweep = tmp_path / "sweep"
-    proc = run_train_cli(["-m", *TINY, "trainer.max_steps=2", "model.width=65,64", "logger=none",
+    proc = run_train_cli(["-m", *TINY, "trainer.max_steps=2", "model.width=64,65", "logger=none",
                           f"hydra.sweep.dir={sweep}"], tmp_path, cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "job refused, the sweep goes on: model.width=65" in proc.stderr + proc.stdout
-    statuses = [json.loads((sweep / j / "summary.json").read_text())["status"] for j in ("0", "1")]
-    assert statuses == ["failed", "completed"]
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: job 2 of 2 (")
+    assert "model.width=65 is not divisible by model.n_head=2" in proc.stderr and not sweep.exists()
 
 
 @pytest.mark.slow
