@@ -240,19 +240,23 @@ def _excluded(key: str, exclude: Collection[str]) -> bool:
     return any(key == e or key.startswith(f"{e}.") for e in exclude)
 
 
+def sweep_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys a launch's overrides give sweep syntax (`model.width=32,64`, `range(...)`, `interval(...)`,
+    `choice(...)`), in Hydra's own reading of them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides)) if o.is_sweep_override()}
+
+
 def swept_keys(hc: Any) -> set[str] | None:
     """The keys a multirun varies: those given sweep syntax on its command line (`model.width=32,64`,
     `range(...)`), read from the sweep's multirun.yaml (Hydra's basic sweeper writes it before the first job),
     and the keys of `hydra.sweeper.params` (Optuna's search space, the basic sweeper's params). None when neither
     is there: then every override counts."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     keys = set((hc.sweeper.get("params") or {}).keys())
     multirun = Path(hc.sweep.dir) / "multirun.yaml"
     if multirun.is_file():
-        launched = OmegaConf.load(multirun).hydra.overrides.task
-        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(list(launched))
-                 if o.is_sweep_override()}
+        keys |= sweep_keys(OmegaConf.load(multirun).hydra.overrides.task)
     elif not keys:
         return None
     return keys

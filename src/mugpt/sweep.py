@@ -57,13 +57,11 @@ def sweep_jobs(args: Sequence[str]) -> list[list[str]] | None:
 
 
 def fixed_overrides(overrides: Sequence[str]) -> list[str]:
-    """The overrides that are not sweeps (`a,b`, `range(...)`, `interval(...)`, `choice(...)`...), in Hydra's own
-    reading of them."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """The overrides that are not sweeps (`a,b`, `range(...)`, `interval(...)`, `choice(...)`...)."""
+    from mugpt.run import sweep_keys
 
-    parser = OverridesParser.create()
-    return [o for o, parsed in zip(overrides, parser.parse_overrides(list(overrides)))
-            if not parsed.is_sweep_override()]
+    swept = sweep_keys(overrides)
+    return [o for o in overrides if _key(o) not in swept]
 
 
 def _preflight_config(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
@@ -321,17 +319,17 @@ class SweepProgress(Callback):
         self.progress: dict[str, Any] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mugpt.run import sweep_keys
+
         sweeper = config.hydra.sweeper
+        launched = list(config.hydra.overrides.task)
         total = sweeper.get("n_trials") if "n_trials" in sweeper else None
-        jobs = sweep_jobs(list(config.hydra.overrides.task))
+        jobs = sweep_jobs(launched)
         if total is None and jobs is not None:
             total = len(jobs)
-        # the keys whose values differ between jobs: a progress line names a job by them alone
-        values: dict[str, set] = defaultdict(set)
-        for job in jobs or []:
-            for override in job:
-                values[_key(override)].add(override)
-        self.progress = {"jobs": total, "started": time.time(), "swept": [k for k, v in values.items() if len(v) > 1]}
+        # a progress line names a job by the swept keys alone, as its W&B run name does (mugpt.run.run_name)
+        swept = sweep_keys(launched) | set((sweeper.get("params") or {}).keys())
+        self.progress = {"jobs": total, "started": time.time(), "swept": sorted(swept)}
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         from hydra.types import RunMode
