@@ -1,9 +1,7 @@
 """Train a GPT-2 (SP or µP) with the config in conf/: `python src/train.py [overrides]`, `-m` for sweeps."""
 
-import json
 import logging
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from omegaconf import DictConfig  # noqa: E402
 from mugpt.checkpointing import after_interruption  # noqa: E402
 from mugpt.config import register_configs  # noqa: E402
 from mugpt.errors import ConfigError, OneLineError  # noqa: E402
+from mugpt.run import remove_refused_launch  # noqa: E402
 from mugpt.sweep import check_launch  # noqa: E402
 from mugpt.training import train  # noqa: E402
 
@@ -71,28 +70,6 @@ def main(cfg: DictConfig) -> float | None:
         return float("inf")
     val_loss = summary["val_loss"]
     return val_loss if val_loss is not None and math.isfinite(val_loss) else None
-
-
-# What Hydra writes into a run directory before the task runs, and what a refused task adds: a launch refused
-# before any work leaves nothing else there, so its folder can go (its one-line error says everything).
-LAUNCH_ONLY = {".hydra", "train.log", "summary.json", "summary.refused.json"}
-
-
-def remove_refused_launch(run_dir: Path) -> None:
-    """Remove the run directory of a launch refused before any work, when it holds nothing but what the launch
-    itself wrote (an explicit hydra.run.dir with an earlier run's files in it is left as it is)."""
-    if not run_dir.is_dir() or any(p.name not in LAUNCH_ONLY for p in run_dir.iterdir()):
-        return
-    summary = run_dir / "summary.json"
-    if summary.is_file() and not json.loads(summary.read_text()).get("refused", False):
-        return
-    logging.shutdown()  # Hydra's file handler holds train.log open
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cwd = Path.cwd().resolve()
-    for parent in run_dir.resolve().parents:  # outputs/DATE/ and outputs/ when this launch made them
-        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
-            break
-        parent.rmdir()
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import string
 import time
 import traceback
@@ -426,6 +427,28 @@ def _trained_summary(path: Path) -> bool:
         return not json.loads(path.read_text()).get("refused", False)
     except (OSError, ValueError):
         return False
+
+
+# What Hydra writes into a run directory before the task runs (its config, src/train.py's log), and what a refused
+# task adds: a launch refused before any work leaves nothing else there, so its folder can go.
+LAUNCH_ONLY = {".hydra", "train.log", SUMMARY_FILE, REFUSED_SUMMARY_FILE}
+
+
+def remove_refused_launch(run_dir: Path) -> None:
+    """Remove the run directory of a launch refused before any work, when it holds nothing but what the launch
+    itself wrote (an explicit hydra.run.dir with an earlier run's files in it is left as it is), and the empty
+    folders above it that the launch made, up to the current folder."""
+    if not run_dir.is_dir() or any(p.name not in LAUNCH_ONLY for p in run_dir.iterdir()):
+        return
+    if (run_dir / SUMMARY_FILE).is_file() and _trained_summary(run_dir / SUMMARY_FILE):
+        return
+    logging.shutdown()  # Hydra's file handler holds train.log open
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:  # outputs/DATE/ and outputs/ when this launch made them
+        if parent == cwd or cwd not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 @dataclass
