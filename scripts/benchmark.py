@@ -6,7 +6,7 @@
     python scripts/benchmark.py preset=tiny rows=[pad_vocab,accumulation] skip_overheads=true
 
 The cumulative-tricks table (one spawned process per row, interleaved rounds), Lightning vs a plain loop and
-µP vs SP, all through the project's recipe and training step: see mugpt.benchmarking. The report is printed and
+µP vs SP, all through the project's recipe and training step: see mugpt.studies.benchmark. The report is printed and
 written as {device}-{preset}.json and .md into out_dir (default: Hydra's run dir, outputs/benchmark/DATE/TIME).
 """
 
@@ -23,8 +23,8 @@ if __name__ == "__main__":
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mugpt.benchmarking import read_options, run_benchmark  # noqa: E402
 from mugpt.config import register_configs  # noqa: E402
+from mugpt.studies.benchmark import read_options, run_benchmark  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")

@@ -1,7 +1,7 @@
 """Time to target for every optimizer of the zoo, each at its best learning rate from a small sweep:
 `python scripts/compare_optimizers.py [overrides]` (config: conf/compare_optimizers.yaml).
 
-For each optimizer: train the same tiny byte-level GPT on Shakespeare (through `mugpt.training.train`, configs
+For each optimizer: train the same tiny byte-level GPT on Shakespeare (through `mugpt.training.train.train`, configs
 composed with Hydra's compose API exactly as src/train.py composes them) at a few log2-spaced learning rates
 around its default, keep the lr with the lowest final validation loss, and report for it the final val loss and
 the steps, tokens and seconds it took to reach a target val loss, plus the optimizer state in bytes per parameter.
@@ -146,9 +146,9 @@ def compose_run(name: str, lr: float, opts: Options, output_dir: Path) -> DictCo
 
 
 def plan_runs(opts: Options) -> tuple[list[Run], dict[str, str]]:
-    """Every run, composed and checked as src/train.py would check it (mugpt.training.check_config), before the
+    """Every run, composed and checked as src/train.py would check it (mugpt.training.train.check_config), before the
     first trains; and the optimizers that cannot run on this machine (optimizer → why), which are skipped."""
-    from mugpt.training import check_config
+    from mugpt.training.train import check_config
 
     runs, skipped = [], {}
     for name in opts.optimizers:
@@ -195,8 +195,8 @@ def step_to_target(history: list[tuple[int, float]], target: float) -> float:
 
 def state_bytes_per_param(name: str, lr: float, opts: Options) -> float:
     """Optimizer state of this optimizer on this model after one step, in bytes per parameter."""
-    from mugpt.optim import optimizer_state_bytes
-    from mugpt.recipe import Recipe, train_step
+    from mugpt.core.optim import optimizer_state_bytes
+    from mugpt.core.recipe import Recipe, train_step
 
     cfg = default_optim(name)
     cfg.lr = lr
@@ -220,7 +220,7 @@ def default_optim(name: str) -> DictConfig:
 
 def unavailable(name: str) -> str | None:
     """Why `name` cannot run here, or None."""
-    from mugpt.optim import check_optimizer
+    from mugpt.core.optim import check_optimizer
 
     try:
         check_optimizer(default_optim(name), torch.cuda.is_available())
@@ -288,7 +288,7 @@ def compare_optimizers(cfg: DictConfig) -> str:
     os.environ.setdefault("WANDB_MODE", "offline")
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    from mugpt.training import train  # imports Lightning, which sets its loggers' levels: quieten them after
+    from mugpt.training.train import train  # imports Lightning, which sets its loggers' levels: quieten them after
 
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "mugpt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

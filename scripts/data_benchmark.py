@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PREPARE_CHILD = """
 import json, resource, sys, time
-from mugpt.shards import PrepareOptions, prepare
+from mugpt.data.shards import PrepareOptions, prepare
 t = time.perf_counter()
 m = prepare(PrepareOptions(input=sys.argv[1], output=sys.argv[2], workers=int(sys.argv[3]), progress=False))
 wall = time.perf_counter() - t
@@ -40,7 +40,7 @@ print(json.dumps({"tokens": m["tokens"], "seconds": wall, "rss_main_mb": rss(res
 
 
 def generate(folder: Path, size_mb: int) -> Path:
-    from mugpt.data import shakespeare_text
+    from mugpt.data.text import shakespeare_text
 
     paragraphs = shakespeare_text().split("\n\n")
     folder.mkdir(parents=True, exist_ok=True)

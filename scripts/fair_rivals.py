@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.mutransfer import analyse, format_ci, format_sd, plot, read_summaries, write_csv
+from mugpt.studies.transfer import analyse, format_ci, format_sd, plot, read_summaries, write_csv
 from optimizer_transfer import DONOR_WIDTH, TARGET_OFFSETS, TARGET_WIDTH
 
 ROOT, RUNS = Path(__file__).resolve().parents[1], Path("/work/sweeps/fair_rivals")  # runs outside the tree

@@ -4,7 +4,7 @@ Why Adam Outperforms Gradient Descent on Language Models", figure 1):
 
 Trains the same reduced GPT-2 on Shakespeare with the GPT-2 BPE tokenizer (heavy-tailed: a few tokens make up
 most of the text, tens of thousands are rare) twice, `optim=sgd` and `optim=adamw` at their default learning
-rates, through `mugpt.training.train` with configs composed by Hydra's compose API (as src/train.py composes
+rates, through `mugpt.training.train.train` with configs composed by Hydra's compose API (as src/train.py composes
 them), with `diagnostics=on` and `logger=csv`. The diagnostics log the training loss of the current batch's
 targets per token-frequency bucket (deciles of the training split's token occurrences: bucket 0 = the most
 frequent tokens making up the first 10% of the corpus, bucket 9 = the rare tail making up the last 10%).
@@ -122,8 +122,8 @@ def compose_run(name: str, opts: Options, output_dir: Path) -> DictConfig:
 
 def plan_runs(opts: Options) -> dict[str, DictConfig]:
     """Both runs' training configs (optimizer → config), checked as src/train.py would check them
-    (mugpt.training.check_config) before the first one trains."""
-    from mugpt.training import check_config
+    (mugpt.training.train.check_config) before the first one trains."""
+    from mugpt.training.train import check_config
 
     cfgs = {}
     for name in OPTIMIZERS:
@@ -137,8 +137,8 @@ def plan_runs(opts: Options) -> dict[str, DictConfig]:
 
 def bucket_table(cfg: DictConfig) -> list[dict]:
     """Token types and share of the training tokens in each bucket, as the run's diagnostics assign them."""
-    from mugpt.diagnostics import frequency_buckets, token_counts
-    from mugpt.training import build_datamodule
+    from mugpt.training.diagnostics import frequency_buckets, token_counts
+    from mugpt.training.train import build_datamodule
 
     dm = build_datamodule(cfg)
     dm.prepare_data()
@@ -281,7 +281,7 @@ def loss_by_frequency(cfg: DictConfig) -> dict[tuple[str, int], float]:
         logging.getLogger(name).setLevel(logging.INFO)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    from mugpt.training import train
+    from mugpt.training.train import train
 
     opts.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

@@ -26,9 +26,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from mugpt.inspection import LoadedRun, check_device, load_run, resolve_checkpoint
-from mugpt.inspection import typed_option as option
-from mugpt.landscape import check_options, compute_landscape, format_summary, write_landscape
+from mugpt.studies.inspection import LoadedRun, check_device, load_run, resolve_checkpoint
+from mugpt.studies.inspection import typed_option as option
+from mugpt.studies.landscape import check_options, compute_landscape, format_summary, write_landscape
 
 
 def read_options(cfg: DictConfig) -> dict[str, Any]:

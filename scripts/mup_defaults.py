@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from mugpt.mutransfer import defaults_table, read_summaries, write_csv
+from mugpt.studies.transfer import defaults_table, read_summaries, write_csv
 
 # Read from each run's config: its init and output options, and what a null one falls back to.
 READ = ("parametrization.embedding_init_std", "parametrization.hidden_init_scale", "parametrization.output_mult",

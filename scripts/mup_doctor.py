@@ -19,7 +19,7 @@ from mugpt.config import register_configs
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="mup_doctor")
 def main(cfg: DictConfig) -> None:
-    from mugpt.doctor import run_doctor
+    from mugpt.studies.doctor import run_doctor
 
     try:
         report, path = run_doctor(cfg)
@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register_configs()  # conf/mup_doctor.yaml composes optim/adamw, which starts from its schema
-    from mugpt.doctor.project import refused_overrides
+    from mugpt.studies.doctor.project import refused_overrides
 
     refusal = refused_overrides(sys.argv[1:])
     if refusal:

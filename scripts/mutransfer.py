@@ -30,7 +30,8 @@ from hydra import compose  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from mugpt.config import register_configs  # noqa: E402
-from mugpt.mutransfer import (  # noqa: E402
+from mugpt.studies.sweep import ray_run_many  # noqa: E402
+from mugpt.studies.transfer import (  # noqa: E402
     chosen_settings,
     format_pipeline,
     report,
@@ -38,9 +39,8 @@ from mugpt.mutransfer import (  # noqa: E402
     run_pipeline,
     transfer_text,
 )
-from mugpt.run import launch_name, logger_configs, publish_to_wandb, short_name  # noqa: E402
-from mugpt.sweep import ray_run_many  # noqa: E402
-from mugpt.training import check_config, train  # noqa: E402
+from mugpt.training.run import launch_name, logger_configs, publish_to_wandb, short_name  # noqa: E402
+from mugpt.training.train import check_config, train  # noqa: E402
 
 log = logging.getLogger("mugpt")
 
@@ -116,7 +116,7 @@ def wandb_identity(cfg: DictConfig) -> tuple[Callable[[list[str], Path], tuple[s
 
 
 def stage_runner(cfg: DictConfig, identity) -> Callable | None:
-    """launcher=ray: each stage's runs side by side as Ray tasks (mugpt.sweep.ray_run_many); null: in turn here."""
+    """launcher=ray: each stage's runs side by side as Ray tasks (studies.sweep.ray_run_many); null: in turn here."""
     if cfg.launcher is None:
         return None
     if cfg.launcher != "ray":

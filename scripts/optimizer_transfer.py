@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.mutransfer import analyse, format_ci, format_sd, read_summaries, write_csv
+from mugpt.studies.transfer import analyse, format_ci, format_sd, read_summaries, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 DONOR_WIDTH, TARGET_WIDTH = 64, 256

@@ -25,8 +25,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from mugpt.inspection import check_device, check_sampling, load_run, resolve_checkpoint, sample_text
-from mugpt.inspection import typed_option as option
+from mugpt.studies.inspection import check_device, check_sampling, load_run, resolve_checkpoint, sample_text
+from mugpt.studies.inspection import typed_option as option
 
 
 def read_options(cfg: DictConfig) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.mutransfer import (
+from mugpt.studies.transfer import (
     best_log2_lr,
     format_ci,
     format_sd,

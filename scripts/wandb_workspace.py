@@ -11,8 +11,8 @@ import importlib.util
 import os
 import sys
 
-from mugpt.run import load_env, wandb_offline
-from mugpt.wandb_workspace import build_workspace, save_workspace
+from mugpt.studies.wandb_workspace import build_workspace, save_workspace
+from mugpt.training.run import load_env, wandb_offline
 
 
 def main(argv: list[str] | None = None) -> int:

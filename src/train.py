@@ -13,12 +13,12 @@ if __name__ == "__main__":
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mugpt.checkpointing import after_interruption  # noqa: E402
 from mugpt.config import register_configs  # noqa: E402
 from mugpt.errors import ConfigError, OneLineError  # noqa: E402
-from mugpt.run import remove_refused_launch  # noqa: E402
-from mugpt.sweep import check_launch  # noqa: E402
-from mugpt.training import train  # noqa: E402
+from mugpt.studies.sweep import check_launch  # noqa: E402
+from mugpt.training.checkpointing import after_interruption  # noqa: E402
+from mugpt.training.run import remove_refused_launch  # noqa: E402
+from mugpt.training.train import train  # noqa: E402
 
 log = logging.getLogger("mugpt")
 

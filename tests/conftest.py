@@ -28,7 +28,7 @@ def run_if(*, cuda: bool = False, adam8bit: bool = False, reason: str = "") -> p
 
 
 def _missing(cuda: bool = False, adam8bit: bool = False, reason: str = "") -> str | None:
-    from mugpt.optim import _adam8bit_backend
+    from mugpt.core.optim import _adam8bit_backend
 
     missing = []
     if cuda and not torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""The efficiency benchmark (mugpt.benchmarking, scripts/benchmark.py) on a tiny model for a few steps: the
+"""The efficiency benchmark (mugpt.studies.benchmark, scripts/benchmark.py) on a tiny model for a few steps: the
 structure and sanity of its results, never wall-clock thresholds (timings on a shared CPU say nothing in a test)."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mugpt import benchmarking as bench
-from mugpt.callbacks import peak_flops_for
-from mugpt.model import GPTConfig
-from mugpt.recipe import Recipe, split_batch, train_step
+from mugpt.core.model import GPTConfig
+from mugpt.core.recipe import Recipe, split_batch, train_step
+from mugpt.studies import benchmark as bench
+from mugpt.training.callbacks import peak_flops_for
 
 ROOT = Path(__file__).resolve().parents[1]
 

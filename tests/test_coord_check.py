@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from mugpt.coord_check import (
+from mugpt.studies.coord_check import (
     CSV_COLUMNS,
     DEPTH_CSV_COLUMNS,
     DEPTH_KINDS,

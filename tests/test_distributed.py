@@ -13,12 +13,12 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import run_if, run_train_cli
-from mugpt.callbacks import DivergenceGuard
-from mugpt.data import FixedWindows, RandomWindows
-from mugpt.distributed import block_classes, build_strategy, check_strategy, world_size
-from mugpt.inspection import evaluate_loss, load_run, validation_batches
-from mugpt.model import Block
-from mugpt.training import accumulation_steps, train
+from mugpt.core.model import Block
+from mugpt.data.text import FixedWindows, RandomWindows
+from mugpt.studies.inspection import evaluate_loss, load_run, validation_batches
+from mugpt.training.callbacks import DivergenceGuard
+from mugpt.training.distributed import block_classes, build_strategy, check_strategy, world_size
+from mugpt.training.train import accumulation_steps, train
 from test_parametrization import BASE, config, mup
 
 

@@ -1,4 +1,4 @@
-"""The µP doctor (mugpt.doctor) against known bugs: each injected into the project's own parametrization, and each
+"""The µP doctor (studies.doctor) against known bugs: each injected into the project's own parametrization, and each
 caught by the check that names it; every correct configuration passes over 3 seeds; SP held to µP fails; the
 probes read what was built; a user's own model; the script's exit status."""
 
@@ -15,15 +15,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-import mugpt.parametrization as P
-import mugpt.recipe as R
+import mugpt.core.parametrization as P
+import mugpt.core.recipe as R
 from conftest import ROOT
 from mugpt.config import load_optim_config
-from mugpt.coord_check import load_tokens
-from mugpt.doctor import TOLERANCES, diagnose, diagnose_training
-from mugpt.doctor.probes import default_kind_of, forward_entries, optimizer_entries, weight_entries
-from mugpt.doctor.steps import default_forward
-from mugpt.model import GPT, GPTConfig
+from mugpt.core.model import GPT, GPTConfig
+from mugpt.studies.coord_check import load_tokens
+from mugpt.studies.doctor import TOLERANCES, diagnose, diagnose_training
+from mugpt.studies.doctor.probes import default_kind_of, forward_entries, optimizer_entries, weight_entries
+from mugpt.studies.doctor.steps import default_forward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on a busy 2-core machine
 

@@ -22,9 +22,9 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from conftest import TINY, run_train_cli
-from mugpt.data import TextDataModule, _exclusive
+from mugpt.data.text import TextDataModule, _exclusive
 from mugpt.errors import CheckpointWriteError, ConfigError, RunInterrupted
-from mugpt.training import train
+from mugpt.training.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -240,7 +240,7 @@ class SignalAt(L.Callback):
 
 def train_with(sender: L.Callback, cfg) -> dict:
     """train(cfg) with `sender` among the run's callbacks."""
-    from mugpt import training
+    from mugpt.training import train as training
 
     real_build = training.build_callbacks
 
@@ -337,7 +337,7 @@ def test_a_sweep_with_a_failing_and_a_diverging_job_completes_the_others(tmp_pat
     assert sorted(r.split(",")[CSV_STATUS] for r in rows[1:]) == ["completed", "diverged", "failed", "failed"]
 
 
-CSV_STATUS = 5  # mugpt.mutransfer.CSV_COLUMNS: parametrization, width, lr, seed, val_loss, status, output_dir
+CSV_STATUS = 5  # mugpt.studies.transfer.CSV_COLUMNS: parametrization, width, lr, seed, val_loss, status, output_dir
 
 
 # ------------------------------------------------------------------------------ twenty bad inputs

@@ -16,9 +16,15 @@ import torch
 from omegaconf import DictConfig
 
 from conftest import TINY, compose_config, compose_script, load_script
-from mugpt.inspection import encode_prompt, evaluate_loss, load_run, sample_ids, sample_text, validation_batches
-from mugpt.landscape import check_options, compute_landscape, filter_normalize, random_direction, trainable_weights
-from mugpt.training import train
+from mugpt.studies.inspection import encode_prompt, evaluate_loss, load_run, sample_ids, sample_text, validation_batches
+from mugpt.studies.landscape import (
+    check_options,
+    compute_landscape,
+    filter_normalize,
+    random_direction,
+    trainable_weights,
+)
+from mugpt.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import run_if
-from mugpt.model import GPTConfig
-from mugpt.parametrization import get_parametrization
-from mugpt.training import train
+from mugpt.core.model import GPTConfig
+from mugpt.core.parametrization import get_parametrization
+from mugpt.training.train import train
 
 V = 300  # not a multiple of 64: padded to 320, the padding columns must not change the loss either
 
@@ -96,8 +96,8 @@ def test_float8_conversion_swaps_the_block_linears_and_keeps_the_parameters():
     layers become Float8Linear with the same parameters under the same names, the readout and the embeddings
     stay, and µP's learning rates per parameter are those of the unconverted model."""
     pytest.importorskip("torchao.float8")
-    from mugpt.module import convert_linears_to_float8
-    from mugpt.recipe import Recipe
+    from mugpt.core.recipe import Recipe
+    from mugpt.training.module import convert_linears_to_float8
 
     recipe = Recipe.from_config(dict(vocab_size=V, block_size=16, width=64, n_layer=2, n_head=4),
                                 {"name": "mup", "base_width": 32}, {"name": "adamw", "lr": 1e-2, "weight_decay": 0.1})
@@ -125,7 +125,7 @@ def test_emulated_float8_rounds_like_fp8_forward_and_backward():
     weights rounded to E4M3 and of its output gradient rounded to E5M2, each with one scale per tensor: the numerics
     of precision=fp8's kernels, bit for bit in fp32."""
     pytest.importorskip("torchao.float8")
-    from mugpt.module import convert_linears_to_float8
+    from mugpt.training.module import convert_linears_to_float8
 
     model = build("mup", True, "full")
     convert_linears_to_float8(model, emulate=True)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mugpt.model import GPT, GPTConfig
+from mugpt.core.model import GPT, GPTConfig
 
 
 def tiny(**kw) -> GPTConfig:

@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config, load_script
-from mugpt.mutransfer import (
+from mugpt.studies.transfer import (
     analyse,
     best_log2_lr,
     chosen_settings,
@@ -23,7 +23,7 @@ from mugpt.mutransfer import (
     run_pipeline,
     t_quantile,
 )
-from mugpt.training import check_config, train
+from mugpt.training.train import check_config, train
 
 T_975_2 = 4.302652729911275  # Student t, two-sided 95%, 2 degrees of freedom (3 seeds)
 

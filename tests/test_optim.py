@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from conftest import run_if
 from mugpt.config import load_optim_config
-from mugpt.model import GPTConfig
-from mugpt.optim import (
+from mugpt.core.model import GPTConfig
+from mugpt.core.optim import (
     OPTIMIZERS,
     MuonWithAdamW,
     _adam8bit_backend,
@@ -21,7 +21,7 @@ from mugpt.optim import (
     mup_family,
     optimizer_state_bytes,
 )
-from mugpt.parametrization import MaximalUpdateParametrization, get_parametrization
+from mugpt.core.parametrization import MaximalUpdateParametrization, get_parametrization
 
 
 def sched(**kw):
@@ -346,7 +346,7 @@ def test_nesterov_without_momentum_is_refused():
 
 
 def test_adam8bit_without_its_library_fails_in_one_line(monkeypatch):
-    monkeypatch.setattr("mugpt.optim._adam8bit_backend", lambda on_cuda: None)
+    monkeypatch.setattr("mugpt.core.optim._adam8bit_backend", lambda on_cuda: None)
     expected = "optim.name=adam8bit: needs torchao (pip install torchao; CPU or CUDA) or, on a CUDA GPU, bitsandbytes"
     with pytest.raises(ImportError) as err:
         check_optimizer(optim_cfg("adam8bit"), on_cuda=False)
@@ -418,7 +418,7 @@ def test_sp_keeps_the_optimizers_eps():
 @pytest.mark.parametrize("rule, batch, factor", [("none", 64, 1.0), ("sqrt", 64, 2.0), ("linear", 64, 4.0),
                                                  ("sqrt", 4, 0.5), ("linear", 16, 1.0)])
 def test_batch_lr_rule(rule, batch, factor):
-    from mugpt.recipe import Recipe
+    from mugpt.core.recipe import Recipe
 
     cfg = optim_cfg("adamw", batch_lr_rule=rule, base_batch=16, lr=1e-3)
     recipe = Recipe(tiny(64), {"name": "mup", "base_width": 64}, cfg, global_batch=batch)
@@ -429,7 +429,7 @@ def test_batch_lr_rule(rule, batch, factor):
 
 def test_weight_decay_timescale_sets_each_groups_decay():
     """λ = 1/(η_group·τ·T): the per-step shrink η·λ is 1/(τ·T) for every decayed group, whatever its lr."""
-    from mugpt.recipe import Recipe
+    from mugpt.core.recipe import Recipe
 
     cfg = optim_cfg("adamw", weight_decay_timescale=0.25, weight_decay=0.0, lr=1e-2)
     recipe = Recipe(tiny(256), {"name": "mup", "base_width": 64}, cfg)

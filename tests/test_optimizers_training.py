@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import run_if
-from mugpt.optim import _adam8bit_backend
-from mugpt.training import train
+from mugpt.core.optim import _adam8bit_backend
+from mugpt.training.train import train
 
 HAS_8BIT = _adam8bit_backend(torch.cuda.is_available()) is not None
 # ln 256 - val_loss after 10 steps at each default lr, measured on a 2-core CPU (seeds 1337 and 1, the smaller):

@@ -1,4 +1,4 @@
-"""The project's Optuna sweeper (mugpt.optuna_sweeper, hydra/sweeper=optuna*): one study shared by several workers
+"""The project's Optuna sweeper (studies.optuna_sweeper, hydra/sweeper=optuna*): one study shared by several workers
 through Optuna's journal file, failed and diverged trials, the search space syntax and the refusals. Most tests run
 the sweeper in this process with a stand-in launcher whose jobs return chosen values (no training); the last one
 runs two `python src/train.py -m` workers at once on one journal file."""
@@ -17,7 +17,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from conftest import ROOT
-from mugpt.optuna_sweeper import OptunaSweeper
+from mugpt.studies.optuna_sweeper import OptunaSweeper
 
 optuna = pytest.importorskip("optuna", minversion="4",
                              reason='hydra/sweeper=optuna* needs the optuna extra: pip install -e ".[optuna]"')

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from mugpt.model import GPTConfig
-from mugpt.parametrization import MaximalUpdateParametrization, get_parametrization
+from mugpt.core.model import GPTConfig
+from mugpt.core.parametrization import MaximalUpdateParametrization, get_parametrization
 
 BASE = 64
 
@@ -193,8 +193,8 @@ def test_optimizer_family_without_mup_rule_is_rejected():
 
 
 def test_every_optimizer_declares_a_family_with_a_mup_rule():
-    from mugpt.optim import OPTIMIZERS, mup_family
-    from mugpt.parametrization import MUP_FAMILIES
+    from mugpt.core.optim import OPTIMIZERS, mup_family
+    from mugpt.core.parametrization import MUP_FAMILIES
 
     assert {name: mup_family(name) for name in OPTIMIZERS} == {
         "adamw": "adam", "adam": "adam", "sgd": "sgd", "adagrad": "adam", "rmsprop": "adam", "adafactor": "adam",
@@ -215,7 +215,7 @@ def test_unknown_parametrization_options_are_rejected(options, match):
 
 
 def test_param_kind():
-    from mugpt.parametrization import param_kind
+    from mugpt.core.parametrization import param_kind
 
     assert [param_kind(n, d) for n, d in [("tok_emb.weight", 2), ("pos_emb.weight", 2), ("lm_head.weight", 2),
                                           ("blocks.0.mlp.fc.weight", 2), ("blocks.0.mlp.fc.bias", 1),
@@ -416,7 +416,7 @@ def test_output_alpha_is_the_output_multiplier_over_the_base_width():
 def test_shipped_mup_defaults_set_the_measured_init_scales(make_cfg, base, width):
     """conf/parametrization/mup.yaml as shipped: hidden matrices at 0.5/sqrt(width), the tables (and the tied
     readout) at 0.08 at every width, logits = 128/width · W h; GPT-2's init and mup's multiplier stay reachable."""
-    from mugpt.recipe import Recipe
+    from mugpt.core.recipe import Recipe
 
     cfg = make_cfg("parametrization=mup", f"parametrization.base_width={base}", f"model.width={width}",
                    "model.n_head=4")
@@ -439,7 +439,7 @@ def test_shipped_mup_defaults_set_the_measured_init_scales(make_cfg, base, width
 
 def test_model_init_std_that_reaches_no_weight_is_refused(make_cfg):
     from mugpt.errors import ConfigError
-    from mugpt.training import check_config
+    from mugpt.training.train import check_config
 
     with pytest.raises(ConfigError, match="model.init_std=0.04 reaches no weight under parametrization=mup's init"):
         check_config(make_cfg("parametrization=mup", "model.init_std=0.04"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mugpt.checkpointing import AtomicCheckpointIO, after_interruption, find_resume_checkpoint
-from mugpt.training import train
+from mugpt.training.checkpointing import AtomicCheckpointIO, after_interruption, find_resume_checkpoint
+from mugpt.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # slow enough per step (~10 ms) that a kill lands mid-run; deterministic so two runs can be compared
@@ -212,7 +212,7 @@ def test_resume_auto_matches_runs_by_their_overrides(tmp_path):
 def test_checkpoint_older_than_an_option_resumes_only_as_it_was_trained(tmp_path):
     """A checkpoint written before µP's depth and ε options existed has none of them: it resumes when the run
     computes what it was trained with (no depth rule, fixed ε), and is refused, naming the option, otherwise."""
-    from mugpt.checkpointing import check_compatible
+    from mugpt.training.checkpointing import check_compatible
 
     old = {"model": {"width": 64, "n_layer": 2}, "parametrization": {"name": "mup", "base_width": 32}}
     ckpt = tmp_path / "old.ckpt"

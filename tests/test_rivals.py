@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from mugpt.model import GPTConfig
-from mugpt.parametrization import StandardParametrization, get_parametrization
+from mugpt.core.model import GPTConfig
+from mugpt.core.parametrization import StandardParametrization, get_parametrization
 
 LR, WD = 1e-3, 0.1
 
@@ -28,7 +28,7 @@ def per_param(groups: list[dict]) -> dict[str, tuple]:
 
 def sp_as_before(model: torch.nn.Module) -> list[dict]:
     """GPT-2's SP grouping written out: one lr, decay on ≥2-D weights, one group per (kind, decay)."""
-    from mugpt.parametrization import _named_unique_parameters, param_kind
+    from mugpt.core.parametrization import _named_unique_parameters, param_kind
     out: dict[tuple, dict] = {}
     for name, _, ndim in _named_unique_parameters(model):
         kind, decay = param_kind(name, ndim), ndim >= 2

@@ -79,7 +79,7 @@ def test_compare_optimizers_refuses_a_bad_option_in_one_line_before_training(com
     def no_training(*args, **kwargs):
         raise Trained
 
-    monkeypatch.setattr("mugpt.training.train", no_training)
+    monkeypatch.setattr("mugpt.training.train.train", no_training)
     out = tmp_path / "out"
     cfg = compose_script("compare_optimizers", f"out={out}", *overrides)
     if message is None:

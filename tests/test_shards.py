@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from conftest import ROOT, run_train_cli
-from mugpt import shards
-from mugpt.data import shakespeare_text
+from mugpt.data import shards
+from mugpt.data.shards import PrepareOptions, prepare, preparing
+from mugpt.data.text import shakespeare_text
 from mugpt.errors import ConfigError
-from mugpt.shards import PrepareOptions, prepare, preparing
-from mugpt.training import train
+from mugpt.training.train import train
 
 SMALL = dict(tokenizer="byte", group_chars=40_000, chunk_tokens=20_000, val_fraction=0.02, progress=False)
 
@@ -72,7 +72,7 @@ def test_documents_end_with_the_end_of_text_token(tmp_path):
     (tmp_path / "in" / "b.txt").write_text("Another document.")
     m = prepare(PrepareOptions(input=str(tmp_path / "in"), output=str(tmp_path / "out"), val_fraction=0.1,
                                chunk_tokens=1000, progress=False))
-    from mugpt.data import get_tokenizer
+    from mugpt.data.text import get_tokenizer
     tok = get_tokenizer("gpt2")
     expected = tok.encode("Hello world.\n\nSecond paragraph." * 3) + [50256] + tok.encode("Another document.") + [50256]
     assert m["tokens"] == len(expected) and m["eot_token"] == 50256

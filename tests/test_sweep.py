@@ -12,7 +12,7 @@ import yaml
 
 from conftest import TINY, run_train_cli
 from mugpt.errors import ConfigError
-from mugpt.sweep import (
+from mugpt.studies.sweep import (
     PROGRESS_FILE,
     check_launch,
     fixed_overrides,
@@ -22,7 +22,7 @@ from mugpt.sweep import (
     sweep_result,
     write_sweep_result,
 )
-from mugpt.training import train
+from mugpt.training.train import train
 
 FAST = [*TINY, "trainer.max_steps=4", "eval_every=4", "optim.warmup_steps=1", "logger=none",
         "checkpoint.every_n_steps=0"]
@@ -186,10 +186,10 @@ def test_a_multi_process_job_under_the_ray_launcher_is_refused_before_the_sweep(
 def test_inside_a_ray_worker_an_interrupted_job_returns_instead_of_exiting():
     """A Ray worker that exits is a crashed task (the sweep would fail with Ray's error): there the job returns."""
     ray = pytest.importorskip("ray")
-    from mugpt.checkpointing import after_interruption, in_ray_worker
+    from mugpt.training.checkpointing import after_interruption, in_ray_worker
 
     def job(signal_name: str, multirun: bool):
-        import mugpt.checkpointing as checkpointing
+        import mugpt.training.checkpointing as checkpointing
 
         checkpointing.after_interruption({"signal": signal_name}, multirun=multirun)
         return checkpointing.in_ray_worker()

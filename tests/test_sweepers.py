@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from conftest import CONF_DIR, run_train_cli
-from mugpt.mutransfer import read_summaries
+from mugpt.studies.transfer import read_summaries
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTUNA_SWEEPER = "hydra_plugins.mugpt_optuna_sweeper.optuna_sweeper.OptunaSweeper"
@@ -49,7 +49,7 @@ def compose_with_hydra():
 
 def search_space(sweeper: DictConfig) -> dict:
     """The Optuna distributions the sweeper builds from its `params` (the sweeper's own parser)."""
-    from mugpt.optuna_sweeper import search_space as parse
+    from mugpt.studies.optuna_sweeper import search_space as parse
 
     fixed, dimensions = parse(sweeper.params, [])
     assert fixed == []

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import CONF_DIR, TINY, run_if, run_train_cli
-from mugpt import training
 from mugpt.config import register_configs
 from mugpt.errors import ConfigError
-from mugpt.module import GPTLightningModule
-from mugpt.training import build_datamodule, train
+from mugpt.training import train as training
+from mugpt.training.module import GPTLightningModule
+from mugpt.training.train import build_datamodule, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -335,7 +335,7 @@ def test_script_figures_are_published_to_wandb_offline(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mugpt.run import publish_to_wandb
+    from mugpt.training.run import publish_to_wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -507,7 +507,7 @@ def test_pow2_resolves_once_registered_and_nothing_registers_it_on_import(tmp_pa
     finally:
         register_configs()
         GlobalHydra.instance().clear()
-    probe = "import mugpt.training; from omegaconf import OmegaConf; print(OmegaConf.has_resolver('pow2'))"
+    probe = "import mugpt.training.train; from omegaconf import OmegaConf; print(OmegaConf.has_resolver('pow2'))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
 
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT
-from mugpt.coord_check import probed_modules
+from mugpt.core.model import GPTConfig
+from mugpt.core.parametrization import get_parametrization
 from mugpt.errors import ConfigError
-from mugpt.model import GPTConfig
-from mugpt.parametrization import get_parametrization
-from mugpt.training import check_config, train
+from mugpt.studies.coord_check import probed_modules
+from mugpt.training.train import check_config, train
 
 pytest.importorskip("unit_scaling")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on a busy 2-core machine
@@ -234,7 +234,7 @@ def test_generate_from_a_single_token_and_survive_deepcopy():
 
 
 def test_train_py_parametrization_umup_completes(make_cfg):
-    from mugpt.inspection import load_run, sample_text
+    from mugpt.studies.inspection import load_run, sample_text
 
     cfg = make_cfg(*UMUP)
     summary = train(cfg)
@@ -292,8 +292,8 @@ def test_model_options_it_cannot_build_are_refused(make_cfg):
 
 
 def test_fsdp_shards_the_unit_scaled_blocks():
-    from mugpt.distributed import block_classes
-    from mugpt.unit_scaled import UnitScaledBlock
+    from mugpt.core.unit_scaled import UnitScaledBlock
+    from mugpt.training.distributed import block_classes
 
     assert UnitScaledBlock in block_classes()
 
@@ -308,10 +308,10 @@ find_spec = importlib.util.find_spec
 importlib.util.find_spec = lambda name, package=None: (None if name.split(".")[0] == "unit_scaling"
                                                       else find_spec(name, package))
 import torch
-import mugpt.training, mugpt.module  # noqa: F401
-from mugpt.distributed import block_classes
-from mugpt.model import Block, GPTConfig
-from mugpt.parametrization import get_parametrization
+import mugpt.training.train, mugpt.training.module  # noqa: F401
+from mugpt.training.distributed import block_classes
+from mugpt.core.model import Block, GPTConfig
+from mugpt.core.parametrization import get_parametrization
 assert block_classes() == {Block}
 cfg = GPTConfig(vocab_size=64, block_size=8, width=32, n_layer=1, n_head=2)
 for options in ({"name": "sp"}, {"name": "mup", "base_width": 32}):
@@ -341,7 +341,7 @@ def _fsdp_worker(rank: int, processes: int, port: int, out_dir: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-    from mugpt.distributed import block_classes
+    from mugpt.training.distributed import block_classes
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=processes)
     try:

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import ROOT, load_script, run_train_cli
 from mugpt.errors import ConfigError
-from mugpt.run import NAME_LIMIT, check_loggers, launch_name, load_env, short_name, swept_keys
-from mugpt.training import train
+from mugpt.training.run import NAME_LIMIT, check_loggers, launch_name, load_env, short_name, swept_keys
+from mugpt.training.train import train
 from wandb_records import WandbRun, find_runs
 
 DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
@@ -132,7 +132,7 @@ def test_a_single_run_is_named_typed_and_tagged_and_a_diverged_one_says_so(make_
 
 
 def test_a_failed_run_shows_failed_in_wandb(make_cfg, offline, one_torch_thread, monkeypatch):
-    from mugpt.module import GPTLightningModule
+    from mugpt.training.module import GPTLightningModule
 
     def breaks(self, batch, batch_idx):
         raise RuntimeError("the data loader lost its file")

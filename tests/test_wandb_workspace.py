@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("wandb_workspaces")
 
-from mugpt.wandb_workspace import build_workspace  # noqa: E402
+from mugpt.studies.wandb_workspace import build_workspace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@
 # fused at batch 96. Each run's summary.json (tokens/s, peak memory, logits memory) and log go into one
 # tarball, re-packed after every row; a row that would end past BUDGET seconds (default 540, under the device
 # tool's 600 s limit) is skipped and says so in rows.txt, so a slow machine still returns what it measured.
-# MFU is read from the logs' perf/mfu against the card's peak (mugpt.callbacks.PEAK_FLOPS); the table and the
+# MFU is read from the logs' perf/mfu against the card's peak (mugpt.training.callbacks.PEAK_FLOPS); the table and the
 # goals met or not come back as mfu_table.md (scripts/gpu/mfu_table.py, which also reads a results folder here).
 # EXTRA=1 instead runs the full row with compile=max-autotune-no-cudagraphs and with coordinate-descent
 # tuning (a second call). DRY=1 prints the commands instead of running them (how it was checked on a CPU).

@@ -2,7 +2,7 @@
 
 Each conf/optim/NAME.yaml starts from `optim/schema_NAME` and each conf/data/*.yaml from `data/schema`, so
 Hydra checks types when it composes: `optim.lr=abc` or `+optim.betas2=1` fails there, with the key named,
-before anything is built. Values (ranges, cross-field rules) are checked later by `mugpt.optim.check_*` and
+before anything is built. Values (ranges, cross-field rules) are checked later by `mugpt.core.optim.check_*` and
 the DataModule. The schedule keys live once, in `ScheduleConfig`, which every optimizer's schema extends.
 
 Hydra finds these schemas in its ConfigStore, and `${pow2:...}` in OmegaConf's resolvers: every entry point that
@@ -129,9 +129,9 @@ OPTIM_SCHEMAS: dict[str, type[OptimConfig]] = {
 
 @dataclass
 class DataConfig:
-    """The DataModule's options (mugpt.data.TextDataModule)."""
+    """The DataModule's options (mugpt.data.text.TextDataModule)."""
 
-    _target_: str = "mugpt.data.TextDataModule"
+    _target_: str = "mugpt.data.text.TextDataModule"
     source: str = "shakespeare"  # shakespeare | text | hf
     path: str | None = None  # text: a file, folder or glob; hf: the dataset's name
     tokenizer: str = "gpt2"  # gpt2 (tiktoken's GPT-2 BPE, offline) | byte
@@ -149,9 +149,9 @@ class DataConfig:
 
 @dataclass
 class ShardDataConfig:
-    """The options of data=shards (mugpt.shards.ShardDataModule): token shards made by scripts/prepare_data.py."""
+    """The options of data=shards (mugpt.data.shards.ShardDataModule): token shards made by scripts/prepare_data.py."""
 
-    _target_: str = "mugpt.shards.ShardDataModule"
+    _target_: str = "mugpt.data.shards.ShardDataModule"
     path: str | None = None  # the prepared folder (or an s3:// / gs:// URL litdata can read)
     tokenizer: str | None = None  # null: the manifest's; gpt2 | byte must be the manifest's
     batch_size: int = 16  # micro-batch, in sequences, per process

@@ -1,7 +1,7 @@
 """GPT-2 in plain PyTorch: one config dataclass, one model class.
 
 No Lightning and no mup here: the model exposes the knobs a parametrization needs (attention logit
-scale, embedding multiplier, a swappable readout) and `mugpt.parametrization` turns them for SP or µP.
+scale, embedding multiplier, a swappable readout) and `mugpt.core.parametrization` turns them for SP or µP.
 """
 
 from __future__ import annotations

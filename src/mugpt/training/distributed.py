@@ -46,7 +46,7 @@ def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = 
     """Lightning's FSDP with every transformer block as one sharding unit.
 
     `use_orig_params=True` keeps the model's own parameters (as views into FSDP's flat shards): they keep their
-    names, so `mugpt.parametrization` can give each its µP learning rate, and torch.compile can trace them.
+    names, so `mugpt.core.parametrization` can give each its µP learning rate, and torch.compile can trace them.
     mup's own `infshape` attribute does not survive FSDP (mup #59); the project never reads it after build."""
     from lightning.pytorch.strategies import FSDPStrategy
 
@@ -57,11 +57,11 @@ def fsdp_strategy(sharding_strategy: str = "FULL_SHARD", state_dict_type: str = 
 def block_classes() -> set[type]:
     """The transformer block classes FSDP shards as units: GPT's, and u-µP's when unit-scaling is installed (a
     policy naming only GPT's Block would leave a u-µP model as one unit)."""
-    from mugpt.model import Block
+    from mugpt.core.model import Block
 
     blocks: set[type] = {Block}
     if importlib.util.find_spec("unit_scaling") is not None:
-        from mugpt.unit_scaled import UnitScaledBlock
+        from mugpt.core.unit_scaled import UnitScaledBlock
 
         blocks.add(UnitScaledBlock)
     return blocks

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mugpt.data import GPT2Tokenizer, _checksum, _package_dir, _write_atomic, get_tokenizer
+from mugpt.data.text import GPT2Tokenizer, _checksum, _package_dir, _write_atomic, get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def _source(opts: PrepareOptions) -> tuple[dict, Iterator[Group]]:
     if not spec.strip():
         raise FileNotFoundError("input=: no input given (a file, folder, glob, kjv, or hf:NAME)")
     if spec == "shakespeare":
-        from mugpt.data import shakespeare_dir
+        from mugpt.data.text import shakespeare_dir
         files = sorted(shakespeare_dir().rglob("*.md"))
     elif spec == "kjv":
         text = kjv_text()

@@ -11,20 +11,20 @@ measures, per parameter kind (hidden, embedding, vector, readout):
       activations, the logits' and the residual stream's change;
 
 fits each as an exponent of width (and depth) and holds it against the exponents the parametrization declares
-(`promises(family)` on each class in mugpt.parametrization). One table, a JSON report, a non-zero exit code when a
+(`promises(family)` on each class in mugpt.core.parametrization). One table, a JSON report, a non-zero exit code when a
 promise is broken (report.py).
 
-    from mugpt.doctor import diagnose
+    from mugpt.studies.doctor import diagnose
     report = diagnose(build, expect="mup")        # build(width, depth) -> (model, optimizer)
     print(report.table()); report.write_json("report.json")
 
 `diagnose_training` runs it on this project's training recipe (scripts/mup_doctor.py).
 """
 
-from mugpt.doctor.core import diagnose, expectation, shakespeare_batches
-from mugpt.doctor.probes import default_kind_of
-from mugpt.doctor.project import diagnose_training, recipe_build, run_doctor
-from mugpt.doctor.report import TOLERANCES, Check, Report
+from mugpt.studies.doctor.core import diagnose, expectation, shakespeare_batches
+from mugpt.studies.doctor.probes import default_kind_of
+from mugpt.studies.doctor.project import diagnose_training, recipe_build, run_doctor
+from mugpt.studies.doctor.report import TOLERANCES, Check, Report
 
 __all__ = ["TOLERANCES", "Check", "Report", "default_kind_of", "diagnose", "diagnose_training", "expectation",
            "recipe_build", "run_doctor", "shakespeare_batches"]

@@ -41,10 +41,10 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.model import GPT, GPTConfig
-from mugpt.optim import mup_family
-from mugpt.parametrization import get_parametrization, parametrization_class
-from mugpt.recipe import Recipe, train_step
+from mugpt.core.model import GPT, GPTConfig
+from mugpt.core.optim import mup_family
+from mugpt.core.parametrization import get_parametrization, parametrization_class
+from mugpt.core.recipe import Recipe, train_step
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ DEPTH_PARAM_TITLES = {"mup_alpha0": "µP, α = 0 (width only)", "depth_mup": "de
 # ------------------------------------------------------------------------------------------ data
 def load_tokens(tokenizer: str = "byte") -> np.ndarray:
     """Shakespeare's plays as one token stream (UTF-8 bytes for the byte tokenizer)."""
-    from mugpt.data import get_tokenizer, shakespeare_text  # imports Lightning: only when data is needed
+    from mugpt.data.text import get_tokenizer, shakespeare_text  # imports Lightning: only when data is needed
 
     tok = get_tokenizer(tokenizer)
     ids = np.asarray(tok.encode(shakespeare_text()), dtype=np.int64)
@@ -215,7 +215,7 @@ def train_steps(parametrization: Mapping[str, Any], model_config: GPTConfig, opt
                 train_batches: Sequence[tuple[torch.Tensor, torch.Tensor]], steps: int, seed: int,
                 device: str = "cpu") -> Iterator[GPT]:
     """Build one model (init seeded by `seed`) and yield it after 0, 1, ..., steps-1 updates, each update the
-    trainer's own step (mugpt.recipe.train_step) on train_batches[t]. Measure it before asking for the next."""
+    trainer's own step (mugpt.core.recipe.train_step) on train_batches[t]. Measure it before asking for the next."""
     if len(train_batches) < steps - 1:
         raise ValueError(f"{steps} steps need {steps - 1} training batches, got {len(train_batches)}")
     recipe = Recipe(model_config, dict(parametrization), optim_cfg)
@@ -661,7 +661,7 @@ def _prepare(cfg: DictConfig, output_dir: str | Path | None,
     out.mkdir(parents=True, exist_ok=True)
     threads = cfg.get("num_threads") or os.cpu_count() or 1
     torch.set_num_threads(int(threads))
-    from mugpt.data import get_tokenizer  # noqa: PLC0415 (Lightning import, only when run)
+    from mugpt.data.text import get_tokenizer  # noqa: PLC0415 (Lightning import, only when run)
 
     vocab_size = get_tokenizer(cfg.data.tokenizer).vocab_size
     return out, vocab_size, load_tokens(cfg.data.tokenizer) if tokens is None else tokens

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-from mugpt.doctor.probes import (
+from mugpt.studies.doctor.probes import (
     Batch,
     Entry,
     KindOf,

@@ -2,7 +2,7 @@
 
 This is the one function both `src/train.py` (through @hydra.main) and the tests (through Hydra's
 compose API) call. It is a short list of named steps below; the run's bookkeeping (summary.json, the error of
-a failed run, closing W&B) is `mugpt.run.task_wrapper`'s. Every check that can fail on bad input runs before
+a failed run, closing W&B) is `mugpt.training.run.task_wrapper`'s. Every check that can fail on bad input runs before
 the first training step, and what it refuses leaves as a `mugpt.errors.ConfigError`.
 """
 
@@ -21,8 +21,19 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.callbacks import DivergenceGuard, MemoryReport, ProgressBar, Throughput, activation_bytes, logit_positions
-from mugpt.checkpointing import (
+from mugpt.core.model import GPT, GPTConfig
+from mugpt.core.optim import check_optimizer, check_schedule, mup_family
+from mugpt.core.parametrization import get_parametrization
+from mugpt.errors import ConfigError, refusing_input
+from mugpt.training.callbacks import (
+    DivergenceGuard,
+    MemoryReport,
+    ProgressBar,
+    Throughput,
+    activation_bytes,
+    logit_positions,
+)
+from mugpt.training.checkpointing import (
     CHECKPOINT_DIR,
     LAST,
     AtomicCheckpointIO,
@@ -32,14 +43,10 @@ from mugpt.checkpointing import (
     find_resume_checkpoint,
     saved_hparams,
 )
-from mugpt.diagnostics import build_diagnostics
-from mugpt.distributed import build_strategy, check_strategy, single_job_command, uses_cuda, world_size
-from mugpt.errors import ConfigError, refusing_input
-from mugpt.model import GPT, GPTConfig
-from mugpt.module import GPTLightningModule, perplexity
-from mugpt.optim import check_optimizer, check_schedule, mup_family
-from mugpt.parametrization import get_parametrization
-from mugpt.run import Run, build_logger, check_loggers, hydra_overrides_and_root, logger_configs, task_wrapper
+from mugpt.training.diagnostics import build_diagnostics
+from mugpt.training.distributed import build_strategy, check_strategy, single_job_command, uses_cuda, world_size
+from mugpt.training.module import GPTLightningModule, perplexity
+from mugpt.training.run import Run, build_logger, check_loggers, hydra_overrides_and_root, logger_configs, task_wrapper
 
 log = logging.getLogger(__name__)
 

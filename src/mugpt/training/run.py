@@ -75,7 +75,7 @@ def publish_to_wandb(job_type: str, out_dir: Path, images: list[Path], tables: l
     """Log a script's result (the coordinate check, the µTransfer report) to W&B as one run of `job_type`: each
     PNG as an image and each CSV as a table, so the figures sit beside the training runs in the dashboard.
     `name`: default JOB_TYPE-<out_dir's launch name>; `group`: the training runs' group, to sit among them.
-    `curves` (mugpt.mutransfer.report's `curves`): the loss-vs-log2-lr curves as W&B data, see wandb_curves.
+    `curves` (mugpt.studies.transfer.report's `curves`): the loss-vs-log2-lr curves as W&B data, see wandb_curves.
     Offline without an API key, like the training runs. Returns the W&B run's local directory."""
     import csv
 
@@ -477,7 +477,7 @@ def _ctrl_c(exc: BaseException) -> bool:
 def _stopped_at_once(run: Run) -> str:
     if not run.training:
         return "interrupted (Ctrl-C) before training started; nothing to resume"
-    from mugpt.checkpointing import CHECKPOINT_DIR, LAST
+    from mugpt.training.checkpointing import CHECKPOINT_DIR, LAST
 
     kept = run.output_dir / CHECKPOINT_DIR / LAST
     return (f"stopped at once (Ctrl-C); the last checkpoint, {kept}, continues with resume=auto" if kept.is_file()

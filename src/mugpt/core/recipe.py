@@ -22,9 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from mugpt.model import GPT, GPTConfig
-from mugpt.optim import batch_lr_factor, build_optimizer, build_scheduler, clip_gradients_, mup_family
-from mugpt.parametrization import get_parametrization
+from mugpt.core.model import GPT, GPTConfig
+from mugpt.core.optim import batch_lr_factor, build_optimizer, build_scheduler, clip_gradients_, mup_family
+from mugpt.core.parametrization import get_parametrization
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -5,15 +5,15 @@ Measures, on one model and one stream of random-token batches, in one invocation
 1. The cumulative-tricks table: baseline fp32 (vocab 50257, foreach AdamW, eager), then + TF32 matmuls,
    + bf16 autocast, + padded vocab (50304), + fused AdamW, + torch.compile, + activation checkpointing,
    + gradient accumulation (same tokens per optimizer step in 2 micro-batches of half size). Each row reports
-   ms per optimizer step, tokens/s, MFU (where mugpt.callbacks.PEAK_FLOPS knows the GPU; n/a on CPU), peak
+   ms per optimizer step, tokens/s, MFU (where mugpt.training.callbacks.PEAK_FLOPS knows the GPU; n/a on CPU), peak
    memory, its speedup over the row it extends and over the baseline, and on a GPU the SM clock and board power.
 2. Lightning vs a plain PyTorch loop: the same model, batches, optimizer, clipping and schedule, trained through
    lightning.Trainer + GPTLightningModule and through `train_step`, interleaved in one process; their losses
    after the same steps are compared.
 3. µP vs SP: the plain loop with parametrization mup (base_width = width / 2) and sp, interleaved.
 
-One recipe, one step: every model and optimizer here is built by `mugpt.recipe.Recipe` (the trainer's own
-recipe) and every plain step is `mugpt.recipe.train_step` (a row's micro-batches from `split_batch`, bf16 rows
+One recipe, one step: every model and optimizer here is built by `mugpt.core.recipe.Recipe` (the trainer's own
+recipe) and every plain step is `mugpt.core.recipe.train_step` (a row's micro-batches from `split_batch`, bf16 rows
 through its autocast_dtype). So each row clips the gradient norm at optim.grad_clip as the trainer does. Tables
 measured before this module existed (e.g. scripts/results/benchmark/cuda-gpt2.md) ran a hand-written step
 without the gradient norm and clip; `optim.grad_clip=null` drops the clip, the norm is still computed.
@@ -58,8 +58,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from mugpt.config import load_optim_config, script_option
-from mugpt.model import GPT, GPTConfig
-from mugpt.recipe import Recipe, split_batch, train_step
+from mugpt.core.model import GPT, GPTConfig
+from mugpt.core.recipe import Recipe, split_batch, train_step
 
 SCHEDULE_STEPS = 10_000  # the table's rows run an open-ended number of steps: a long cosine, so lr stays ~flat
 
@@ -215,9 +215,9 @@ def batch_loader(pool: list, length: int) -> DataLoader:
 
 # ----------------------------------------------------------------------------------- device helpers
 def peak_flops(device: torch.device) -> float | None:
-    """The device's dense bf16 peak from mugpt.callbacks.PEAK_FLOPS (None on CPU and unknown GPUs). Imported
-    here, not at the top: mugpt.callbacks imports Lightning, which the row processes do not need."""
-    from mugpt.callbacks import device_peak_flops
+    """The device's dense bf16 peak from mugpt.training.callbacks.PEAK_FLOPS (None on CPU and unknown GPUs). Imported
+    here, not at the top: mugpt.training.callbacks imports Lightning, which the row processes do not need."""
+    from mugpt.training.callbacks import device_peak_flops
 
     return device_peak_flops(device)
 
@@ -779,7 +779,7 @@ def compare_lightning_plain(cfg: BenchConfig, *, warmup: int = 2, blocks: int = 
     and scheduler steps, logging), the plain blocks excluded."""
     import lightning as L
 
-    from mugpt.module import GPTLightningModule
+    from mugpt.training.module import GPTLightningModule
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
@@ -992,7 +992,7 @@ def table_notes(result: dict) -> list[str]:
     env, rows = result["environment"], result.get("table") or []
     notes = ["Rows are cumulative: each adds its trick to the row named in 'speedup vs prev.'; ms/step is the "
              "median over interleaved rounds, speedups the median of per-round ratios. Every step is the "
-             "trainer's (mugpt.recipe.train_step), gradient-norm clipping included."]
+             "trainer's (mugpt.core.recipe.train_step), gradient-norm clipping included."]
     if not env["tf32_changes_matmuls"] and any(r["key"] == "tf32" for r in rows):
         notes.append("TF32: torch.set_float32_matmul_precision('high') changes nothing on this device (a test "
                      "matmul is bit-identical), so rows 0 and 1 run the same computation: their ratio is the noise "
@@ -1020,7 +1020,7 @@ def table_notes(result: dict) -> list[str]:
         notes.append(f"SM clock and power: medians of readings every 0.5 s while the row was timed "
                      f"(from {', '.join(sorted(sources))}).")
     if env["peak_flops"] is None:
-        notes.append("MFU: n/a, no known peak FLOP/s for this device (mugpt.callbacks.PEAK_FLOPS lists GPUs only).")
+        notes.append("MFU: n/a, no known peak FLOP/s for this device (callbacks.PEAK_FLOPS lists GPUs only).")
     else:
         notes.append(f"MFU = tokens/s x {result['flops_per_token']:.3g} FLOPs/token (unpadded model, no recompute) "
                      f"/ {env['peak_flops']:.3g} FLOP/s (dense bf16 peak, also for the fp32/TF32 rows).")

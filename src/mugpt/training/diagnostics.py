@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mugpt.coord_check import record_l1
+from mugpt.studies.coord_check import record_l1
 
 log = logging.getLogger(__name__)
 

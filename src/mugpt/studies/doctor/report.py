@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.doctor.probes import Entry
+from mugpt.studies.doctor.probes import Entry
 
 # Allowed |measured - expected| per quantity, from the correct configurations of tests/test_doctor.py (µP with
 # AdamW, Muon and SGD, CompleteP, u-µP; widths 32-128, depths 2-8; 4 triples of seeds). Read off the optimizer or the
@@ -56,7 +56,7 @@ HINTS = {
               "MaximalUpdateParametrization.branch_mult → model.branch_mult",
     "lr.hidden": "µP divides the hidden matrices' lr by width for Adam, not for SGD's square matrices nor for Muon "
                  "(its orthogonalised step is width-independent already: Muon's own rule applies once): see "
-                 "MaximalUpdateParametrization.lr_multiplier and the optimizer's mup_family (mugpt.optim)",
+                 "MaximalUpdateParametrization.lr_multiplier and the optimizer's mup_family (mugpt.core.optim)",
     "lr.embedding": "the tables' lr is width-independent under Adam and Muon's AdamW part, × width under SGD: see "
                     "parametrization.embedding_lr_mult and lr_multiplier's rule for one width dimension",
     "lr.vector": "gains' and biases' lr is width-independent under Adam, × width under SGD: see lr_multiplier "
@@ -64,7 +64,7 @@ HINTS = {
     "lr.readout": "an untied readout's lr is width-independent under Adam, × width under SGD: see lr_multiplier",
     "eps": "Adam's ε must shrink as the gradients do, × base_width/width (× (base_depth/L)^α inside the blocks, "
            "CompleteP Eq. 40): see parametrization.scale_eps, MaximalUpdateParametrization.eps_mult, "
-           "mugpt.optim.with_eps",
+           "mugpt.core.optim.with_eps",
     "lr_wd": "decoupled decay is multiplied by the group's lr: weight_decay must be divided by lr_mult so that lr·wd "
              "is the same at every width and depth: see MaximalUpdateParametrization.param_groups",
     "update": "one step moves these layers' outputs by a width- (or depth-) dependent amount: their learning rate "

@@ -9,7 +9,7 @@ Everything else in the project is parametrization-agnostic and asks this module.
 The boundary with the optimizers: every parameter group carries a `kind` (hidden, embedding, vector, readout)
 and the name of the parametrization that made it; optimizers read those and nothing else (no `p.infshape`, no
 parameter names). The learning-rate rule for an optimizer is chosen by its µP *family* ("adam", "sgd",
-"muon"), which each optimizer declares next to its factory in `mugpt.optim`.
+"muon"), which each optimizer declares next to its factory in `mugpt.core.optim`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mup import MuReadout, MuSharedReadout, set_base_shapes
 from mup import init as mup_init
 from mup.infshape import InfShape
 
-from mugpt.model import GPT, GPTConfig
+from mugpt.core.model import GPT, GPTConfig
 
 # What a parameter is to an optimizer. Hidden: a matrix both of whose dimensions grow with width; embedding:
 # the token and position tables (and the readout tied to the token table); readout: an untied output matrix;
@@ -75,7 +75,7 @@ class Parametrization:
 
     def promises(self, family: str) -> dict[str, dict[str, float]]:
         """How the built model and its first steps must scale, as exponents per axis ("width", "depth"), under an
-        optimizer of this µP family: what mugpt.doctor measures a model against. Keys: init.KIND (RMS of the weights
+        optimizer of this µP family: what the doctor measures a model against. Keys: init.KIND (RMS of the weights
         as built), mult.hidden / mult.readout / mult.embedding (forward multipliers), attn_scale (attention logits
         per q·k), branch (residual branch multiplier), lr.KIND, eps.KIND (Adam's ε), lr_wd.KIND (decoupled decay's
         lr·wd), update.KIND (a step's ΔW·x), activation.hidden, logits_change, stream_change. None here: a
@@ -193,7 +193,7 @@ def _named_unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, 
 
 # ---------------------------------------------------------------------------------------------- µP
 # µP's learning-rate rules by optimizer family (Tensor Programs V, table 3 and appendix B); each optimizer in
-# mugpt.optim declares its family. "adam": entrywise-normalised steps, hidden matrices lr/m, the rest lr.
+# mugpt.core.optim declares its family. "adam": entrywise-normalised steps, hidden matrices lr/m, the rest lr.
 # "sgd": mup's MuSGD rules. "muon": orthogonalised hidden steps, no 1/m (see lr_multiplier).
 MUP_FAMILIES = ("adam", "sgd", "muon")
 # Families with a depth rule (CompleteP's Table 1 is derived for Adam; Muon's orthogonalised hidden step has the
@@ -435,7 +435,7 @@ class MaximalUpdateParametrization(Parametrization):
                 return 1.0 / shape.fanin_fanout_mult_ratio()
             return float(shape.width_mult()) if shape.ninf() == 1 else 1.0
         raise ValueError(f"parametrization=mup has no learning-rate rule for the optimizer family '{family}' "
-                         f"(known: {', '.join(MUP_FAMILIES)}); declare the optimizer's family in mugpt.optim")
+                         f"(known: {', '.join(MUP_FAMILIES)}); declare the optimizer's family in mugpt.core.optim")
 
     def promises(self, family: str) -> dict[str, dict[str, float]]:
         """µP's rules as exponents (see Parametrization.promises). Width, Tensor Programs V's Table 3 (the µP with
@@ -536,7 +536,7 @@ class UnitScalingTag:
 class UnitScaledParametrization(Parametrization):
     """u-µP (Blake et al., ICLR 2025, "u-µP: The Unit-Scaled Maximal Update Parametrization") through Graphcore's
     `unit-scaling` package: the same GPT (GPTConfig's architecture, parameter names and shapes) built from the
-    package's unit-scaled layers (mugpt.unit_scaled), every weight drawn N(0, 1), and the package's Adam rule for
+    package's unit-scaled layers (mugpt.core.unit_scaled), every weight drawn N(0, 1), and the package's Adam rule for
     the learning rates. Its rules are absolute, not relative to a base model: there is no base width or depth,
     and optim.lr is u-µP's global η (O(1), not SP's 3e-3).
 
@@ -637,7 +637,7 @@ class UnitScaledParametrization(Parametrization):
     def build_model(self, config: GPTConfig) -> nn.Module:
         """The unit-scaled GPT, drawn from the current torch RNG state (every weight N(0, 1), biases 0, gains 1)."""
         self.check_model(config)
-        from mugpt.unit_scaled import UnitScaledGPT
+        from mugpt.core.unit_scaled import UnitScaledGPT
 
         model = UnitScaledGPT(config, **self.mults)
         model.unit_scaling_tags = {name: UnitScalingTag(p.mup_type, p.mup_scaling_depth, tuple(p.shape))

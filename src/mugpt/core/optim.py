@@ -302,7 +302,7 @@ def split_for_muon(groups: list[dict], adamw_lr_ratio: float) -> tuple[list[dict
         if "kind" not in g:
             raise ValueError("optim.name=muon: every parameter group needs a 'kind' (hidden, embedding, vector or "
                              "readout) to tell Muon's hidden matrices from the rest: build the groups with "
-                             "mugpt.parametrization")
+                             "mugpt.core.parametrization")
         is_muon = g["kind"] == "hidden"
         sub = {**g, "name": f"{g.get('name', g['kind'])}/{'muon' if is_muon else 'adamw'}"}
         if not is_muon:

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from mugpt.optim import optimizer_state_bytes
+from mugpt.core.optim import optimizer_state_bytes
 
 log = logging.getLogger(__name__)
 

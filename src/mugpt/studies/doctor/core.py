@@ -11,9 +11,16 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-from mugpt.doctor.probes import Batch, KindOf, default_kind_of, forward_entries, optimizer_entries, weight_entries
-from mugpt.doctor.report import Report, make_checks
-from mugpt.doctor.steps import default_forward, default_loss, step_entries
+from mugpt.studies.doctor.probes import (
+    Batch,
+    KindOf,
+    default_kind_of,
+    forward_entries,
+    optimizer_entries,
+    weight_entries,
+)
+from mugpt.studies.doctor.report import Report, make_checks
+from mugpt.studies.doctor.steps import default_forward, default_loss, step_entries
 
 Build = Callable[[int, int], tuple[nn.Module, Optimizer]]
 Promises = Mapping[str, Mapping[str, float]]
@@ -23,7 +30,7 @@ def expectation(expect: Any, family: str, widths: Sequence[int]) -> tuple[str, P
     """(label, promises) for `expect`: a parametrization's name (sp, mup, umup: built with its defaults, µP's base
     width the narrowest of `widths`), a parametrization object, or the promises themselves ({axis: {quantity:
     exponent}})."""
-    from mugpt.parametrization import MaximalUpdateParametrization, parametrization_class
+    from mugpt.core.parametrization import MaximalUpdateParametrization, parametrization_class
 
     if isinstance(expect, str):
         cls = parametrization_class(expect)
@@ -101,6 +108,6 @@ def diagnose(build: Build, expect: Any = "mup", *, family: str = "adam", widths:
 def shakespeare_batches(count: int, batch_size: int = 8, block_size: int = 32, seed: int = 0,
                         tokens: Any = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`count` batches of byte-level Shakespeare windows (the same for every model)."""
-    from mugpt.coord_check import load_tokens, sample_batches
+    from mugpt.studies.coord_check import load_tokens, sample_batches
 
     return sample_batches(load_tokens("byte") if tokens is None else tokens, count, batch_size, block_size, seed)

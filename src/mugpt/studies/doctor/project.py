@@ -11,9 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.doctor.core import Build, diagnose, shakespeare_batches
-from mugpt.doctor.report import Report
-from mugpt.model import GPTConfig
+from mugpt.core.model import GPTConfig
+from mugpt.studies.doctor.core import Build, diagnose, shakespeare_batches
+from mugpt.studies.doctor.report import Report
 
 VOCAB = 256  # byte-level Shakespeare
 EXPECTATIONS = ("sp", "mup", "umup")
@@ -22,7 +22,7 @@ EXPECTATIONS = ("sp", "mup", "umup")
 def recipe_build(model: Mapping[str, Any], options: Mapping[str, Any], optim: Any) -> Build:
     """(width, depth) → the model and optimizer the training recipe builds (dropout off: a layer is applied twice
     to the same input to measure its update)."""
-    from mugpt.recipe import Recipe
+    from mugpt.core.recipe import Recipe
 
     known = {f.name for f in fields(GPTConfig)}
     base = {k: v for k, v in dict(model).items() if k in known}
@@ -47,9 +47,9 @@ def diagnose_training(model: Mapping[str, Any], parametrization: Mapping[str, An
     (with its defaults). base_width: µP's base width for the sweep (None: the narrowest width); depths are swept
     only when the expected parametrization declares depth rules (µP with depth_alpha > 0), base_depth null = the
     shallowest."""
-    from mugpt.doctor.core import check_sweep
-    from mugpt.optim import check_optimizer, mup_family
-    from mugpt.parametrization import get_parametrization, parametrization_class
+    from mugpt.core.optim import check_optimizer, mup_family
+    from mugpt.core.parametrization import get_parametrization, parametrization_class
+    from mugpt.studies.doctor.core import check_sweep
 
     check_sweep(list(widths), [], list(seeds), steps)
     options = OmegaConf.to_container(parametrization, resolve=True) if isinstance(parametrization, DictConfig) \

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
-from mugpt.sweep import edge_warning, grid_edge
+from mugpt.studies.sweep import edge_warning, grid_edge
 
 log = logging.getLogger(__name__)
 
@@ -550,7 +550,7 @@ def report(sweep_dir: str | Path | Sequence[str | Path], out_dir: str | Path | N
     (out / "mutransfer.json").write_text(json.dumps(_json_ready(analysis), indent=2, default=str))
     return {"rows": rows, "analysis": analysis, "text": format_report(analysis), "output_dir": out,
             "axis": axis, "group": list(group),
-            # the figure's curves per seed, for W&B (mugpt.run.publish_to_wandb)
+            # the figure's curves per seed, for W&B (mugpt.training.run.publish_to_wandb)
             "curves": {"axis": AXIS_WORDS.get(axis, axis), "by_seed": seed_curves(rows, axis, group)},
             "files": [out / "mutransfer.csv", out / "mutransfer.png", out / "mutransfer_transfer.png",
                       out / "mutransfer.json"]}
@@ -744,7 +744,7 @@ def run_pipeline(cfg: Any, run: Callable[[list[str], Path], Mapping[str, Any]],
     """Donor sweep → best hyperparameters → target runs (→ the target's own tuning), per parametrization.
 
     cfg: shaped like conf/mutransfer.yaml. run(overrides, output_dir) -> summary dict trains one model (the
-    script passes mugpt.training.train on a composed config). check(overrides), if given, raises on a config
+    script passes mugpt.training.train.train on a composed config). check(overrides), if given, raises on a config
     that cannot run; every donor run, the target and every target-search run are checked before the first run
     trains. compose(overrides) -> the composed training config, to read the donor's depth, steps or batch from
     the training experiment when the target sets one and donor_X is null (default: mugpt.config's composer; the

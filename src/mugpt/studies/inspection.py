@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.checkpointing import CHECKPOINT_DIR, LAST
 from mugpt.config import script_option
-from mugpt.data import Tokenizer, get_tokenizer
-from mugpt.model import GPT, GPTConfig
-from mugpt.parametrization import get_parametrization
+from mugpt.core.model import GPT, GPTConfig
+from mugpt.core.parametrization import get_parametrization
+from mugpt.data.text import Tokenizer, get_tokenizer
+from mugpt.training.checkpointing import CHECKPOINT_DIR, LAST
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -164,7 +164,7 @@ def validation_batches(run: LoadedRun, batches: int) -> list[tuple[torch.Tensor,
     split), on the model's device, as data.batch_size-sized pieces: a run of P processes validated on P of them
     per global batch. With batches = the run's data.val_batches they are exactly the windows its logged
     validation loss was measured on."""
-    from mugpt.training import build_datamodule  # Lightning and Hydra: only when data is wanted
+    from mugpt.training.train import build_datamodule  # Lightning and Hydra: only when data is wanted
 
     if not isinstance(batches, int) or batches <= 0:
         raise ValueError(f"batches={batches}: must be a positive integer")

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim import Optimizer
 
-from mugpt.parametrization import param_kind
+from mugpt.core.parametrization import param_kind
 
 KindOf = Callable[[str, torch.Tensor], str]
 Batch = Any
@@ -43,7 +43,7 @@ class Entry:
 
 
 def default_kind_of(name: str, param: torch.Tensor) -> str:
-    """This project's GPT: mugpt.parametrization.param_kind on the name and the dimensions as built."""
+    """This project's GPT: mugpt.core.parametrization.param_kind on the name and the dimensions as built."""
     return param_kind(name, param.dim())
 
 

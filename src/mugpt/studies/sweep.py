@@ -58,7 +58,7 @@ def sweep_jobs(args: Sequence[str]) -> list[list[str]] | None:
 
 def fixed_overrides(overrides: Sequence[str]) -> list[str]:
     """The overrides that are not sweeps (`a,b`, `range(...)`, `interval(...)`, `choice(...)`...)."""
-    from mugpt.run import sweep_keys
+    from mugpt.training.run import sweep_keys
 
     swept = sweep_keys(overrides)
     return [o for o in overrides if _key(o) not in swept]
@@ -84,8 +84,8 @@ def check_launch(args: Sequence[str]) -> None:
     before Hydra runs anything: a ConfigError naming the option, and in a sweep the job (`job 5 of 8
     (model.width=65 lr_log2=-9): ...`). Hydra's own flags (--help, --cfg, ...) are left to Hydra."""
     from mugpt.errors import ConfigError
-    from mugpt.run import check_writable_dir
-    from mugpt.training import preflight
+    from mugpt.training.run import check_writable_dir
+    from mugpt.training.train import preflight
 
     multirun = any(a in MULTIRUN_FLAGS for a in args)
     if any(a.startswith("-") and a not in MULTIRUN_FLAGS for a in args):
@@ -319,7 +319,7 @@ class SweepProgress(Callback):
         self.progress: dict[str, Any] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mugpt.run import sweep_keys
+        from mugpt.training.run import sweep_keys
 
         sweeper = config.hydra.sweeper
         launched = list(config.hydra.overrides.task)
@@ -327,7 +327,7 @@ class SweepProgress(Callback):
         jobs = sweep_jobs(launched)
         if total is None and jobs is not None:
             total = len(jobs)
-        # a progress line names a job by the swept keys alone, as its W&B run name does (mugpt.run.run_name)
+        # a progress line names a job by the swept keys alone, as its W&B run name does (mugpt.training.run.run_name)
         swept = sweep_keys(launched) | set((sweeper.get("params") or {}).keys())
         self.progress = {"jobs": total, "started": time.time(), "swept": sorted(swept)}
 
@@ -369,7 +369,7 @@ def train_job(overrides: Sequence[str], output_dir: str | Path) -> dict[str, Any
     (the batch goes on), as in a sweep."""
     from mugpt.config import compose_training_config
     from mugpt.errors import one_line
-    from mugpt.training import train
+    from mugpt.training.train import train
 
     try:
         return dict(train(compose_training_config([*overrides, f"output_dir={output_dir}"])))

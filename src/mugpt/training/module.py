@@ -1,6 +1,6 @@
 """The LightningModule: training/validation steps, metrics and the optimizer wiring.
 
-The model, its parameter groups, optimizer and schedule come from `mugpt.recipe.Recipe` (the one place they
+The model, its parameter groups, optimizer and schedule come from `mugpt.core.recipe.Recipe` (the one place they
 are assembled), so this file only says what happens at each step.
 """
 
@@ -12,9 +12,9 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from mugpt.model import GPT, GPTConfig
-from mugpt.optim import clip_gradients_, lr_factor
-from mugpt.recipe import Recipe, plain_dict
+from mugpt.core.model import GPT, GPTConfig
+from mugpt.core.optim import clip_gradients_, lr_factor
+from mugpt.core.recipe import Recipe, plain_dict
 
 
 class GPTLightningModule(L.LightningModule):
@@ -47,7 +47,7 @@ class GPTLightningModule(L.LightningModule):
         x, y = batch
         _, loss = self(x, y)
         # No prog_bar here: Lightning reads progress-bar values back to the host every step (a GPU sync);
-        # mugpt.callbacks.ProgressBar shows the loss once per refresh instead.
+        # mugpt.training.callbacks.ProgressBar shows the loss once per refresh instead.
         self.log("train/loss", loss)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # a float is copied to the device: a sync
             self.log("train/lr", self.recipe.lr * lr_factor(self.global_step, self.optim_cfg, self._max_steps()))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mugpt.inspection import LoadedRun, evaluate_loss, validation_batches
+from mugpt.studies.inspection import LoadedRun, evaluate_loss, validation_batches
 
 Direction = dict[str, torch.Tensor]
 COLUMNS_1D = ("alpha", "loss")

@@ -1,4 +1,4 @@
-"""u-µP's GPT: mugpt.model's GPT-2 built from Graphcore's `unit-scaling` layers (Blake et al., ICLR 2025).
+"""u-µP's GPT: mugpt.core.model's GPT-2 built from Graphcore's `unit-scaling` layers (Blake et al., ICLR 2025).
 
 The architecture is GPTConfig's, parameter for parameter and name for name (token and position tables, pre-norm
 blocks of LayerNorm → attention → LayerNorm → GELU MLP, final LayerNorm, untied readout); only the layers differ:
@@ -7,7 +7,7 @@ activations and gradients start at unit scale at any width, and the residual str
 weights follow the package's depth rule. So checkpoints, the coordinate check's hooks (drop, blocks[i].attn,
 .mlp, lm_head), diagnostics, inspection and generate() see the same modules as in a GPT.
 
-Only `parametrization=umup` imports this module (mugpt.parametrization imports it lazily), so the project runs
+Only `parametrization=umup` imports this module (mugpt.core.parametrization imports it lazily), so the project runs
 without the unit-scaling package.
 """
 
@@ -24,7 +24,7 @@ from torch.nn.attention import sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 from unit_scaling.scale import scale_bwd
 
-from mugpt.model import GPT, SDPA_BACKENDS, ChunkedLinearCrossEntropy, GPTConfig
+from mugpt.core.model import GPT, SDPA_BACKENDS, ChunkedLinearCrossEntropy, GPTConfig
 
 
 def forward_value(grad_source: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
