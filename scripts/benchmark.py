@@ -1,7 +1,7 @@
 """Training-efficiency benchmark: `python scripts/benchmark.py [overrides]` (config: conf/benchmark.yaml).
 
     python scripts/benchmark.py                                           # the CPU table and overheads
-    python scripts/benchmark.py device=cuda preset=gpt2 out_dir=scripts/results/benchmark
+    python scripts/benchmark.py device=cuda preset=gpt2 out_dir=results/benchmark
     python scripts/benchmark.py skip_table=true overhead_blocks=10 overhead_block_steps=4
     python scripts/benchmark.py preset=tiny rows=[pad_vocab,accumulation] skip_overheads=true
 

@@ -6,7 +6,7 @@ composed with Hydra's compose API exactly as src/train.py composes them) at a fe
 around its default, keep the lr with the lowest final validation loss, and report for it the final val loss and
 the steps, tokens and seconds it took to reach a target val loss, plus the optimizer state in bytes per parameter.
 Writes optimizers.md (table), optimizers.csv (every run), optimizers_best.csv and optimizers.png into `out`
-(default scripts/results/optimizers), each run into out/runs/.
+(default results/optimizers), each run into out/runs/.
 
     python scripts/compare_optimizers.py                    # about 5 minutes on a busy 2-core CPU
     python scripts/compare_optimizers.py "optimizers=[adamw,muon]" "lr_factors=[0.5,1,2]" steps=300

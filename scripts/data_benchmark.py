@@ -1,6 +1,6 @@
 """Data-path benchmark: `python scripts/data_benchmark.py [overrides]` (config: conf/data_benchmark.yaml).
 
-    python scripts/data_benchmark.py "machine='2-core shared CPU, 24 GiB'" out_dir=scripts/results/data
+    python scripts/data_benchmark.py "machine='2-core shared CPU, 24 GiB'" out_dir=results/data
     python scripts/data_benchmark.py sizes_mb=[5] workers=[1] train_steps=10 train_overrides=[model=tiny]
 
 1. Generates corpora of sizes_mb MB (Shakespeare's plays, paragraph order reshuffled for every copy, 8 MB files).

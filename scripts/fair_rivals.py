@@ -1,5 +1,5 @@
 """Does µP beat the best SP? `python scripts/fair_rivals.py [RIVAL,...]`: width 64 → 256 lr transfer, AdamW, 3 seeds,
-one multirun at a time, report in scripts/results/fair_rivals. SP's and µP's runs are optimizer_transfer.py's (its csv);
+one multirun at a time, report in results/fair_rivals. SP's and µP's runs are optimizer_transfer.py's (its csv);
 sp_width's donor is SP's (at the base width the rule is the identity); *_tuned: two constants over {1/4, 1, 4} × default
 at the donor's best lr, the donor's lr re-swept over 5 octaves with them, the target over 5 around the new best."""
 
@@ -17,7 +17,7 @@ from mugpt.studies.transfer import analyse, format_ci, format_sd, plot, read_sum
 from optimizer_transfer import DONOR_WIDTH, TARGET_OFFSETS, TARGET_WIDTH
 
 ROOT, RUNS = Path(__file__).resolve().parents[1], Path("/work/sweeps/fair_rivals")  # runs outside the tree
-REUSED = ROOT / "scripts/results/optimizer_transfer/optimizer_transfer.csv"
+REUSED = ROOT / "results/optimizer_transfer/optimizer_transfer.csv"
 # rival: (parametrization, fixed overrides, constants tuned on the donor: key -> values)
 RIVALS = {"sp": ("sp", [], {}), "sp_width": ("sp", ["parametrization.embedding_lr_rule=width"], {}),
           "sp_tuned": ("sp", [], {"parametrization.lr_mult_embedding": "0.25,1.0,4.0",
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
     names = argv[0].split(",") if argv else list(RIVALS)
     if unknown := [n for n in names if n not in RIVALS]:
         raise SystemExit(f"error: rivals {','.join(names)}: unknown {unknown[0]!r} (choose from {', '.join(RIVALS)})")
-    out, table, rows = ROOT / "scripts/results/fair_rivals", [], []
+    out, table, rows = ROOT / "results/fair_rivals", [], []
     lines = ["| rival | constants | donor best log2 lr | target best log2 lr | shift (octaves) | regret (nats) "
              "| target best loss | donor best loss | tuning runs | new runs (CPU min) |", "|---" * 10 + "|"]
     for name in names:

@@ -9,7 +9,7 @@ them), with `diagnostics=on` and `logger=csv`. The diagnostics log the training 
 targets per token-frequency bucket (deciles of the training split's token occurrences: bucket 0 = the most
 frequent tokens making up the first 10% of the corpus, bucket 9 = the rare tail making up the last 10%).
 
-Writes into `out` (default scripts/results/loss_by_frequency/):
+Writes into `out` (default results/loss_by_frequency/):
   loss_by_frequency.csv         optimizer, step, bucket, loss  (step: the updates done before the batch was
                                 measured, i.e. the metrics.csv row where Lightning logs that batch's train/loss)
   loss_by_frequency.png         per-bucket training loss over steps (SGD | AdamW) and the final loss by bucket

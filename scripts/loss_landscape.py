@@ -2,7 +2,7 @@ r"""Loss landscape of one or two trained runs: `python scripts/loss_landscape.py
 (config: conf/loss_landscape.yaml).
 
     python scripts/loss_landscape.py ckpt=/tmp/ls_sp ckpt2=/tmp/ls_mup resolution=21 span=1.0 batches=4 \
-        seed=0 out=scripts/results/landscape
+        seed=0 out=results/landscape
 
 The loss along one random direction (1-D) and on the plane of two (2-D) around the trained weights, with
 filter-normalised directions (Li et al. 2018), on `batches` fixed validation batches of each run's own data

@@ -54,7 +54,7 @@ TARGET_OFFSETS = {"sp": range(-3, 2), "mup": range(-2, 3), "umup": range(-2, 3)}
 # Muon's AdamW part (embeddings, readout, vectors) follows the swept lr at 1/8 (its config's default ratio is ~1/7)
 MUON_ADAMW = "optim.adamw_lr='${pow2:${lr_log2},-3}'"
 # name: (training overrides, the donor's log2 lr grid). Centred on each optimizer's best lr in the time-to-target
-# comparison (scripts/results/optimizers/), wide enough for µP's defaults, which prefer larger lrs than SP's init.
+# comparison (results/optimizers/), wide enough for µP's defaults, which prefer larger lrs than SP's init.
 GRIDS = {
     "adamw": (["optim=adamw"], range(-11, -3)),
     "adam_atan2": (["optim=adam_atan2"], range(-11, -3)),

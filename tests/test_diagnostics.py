@@ -227,7 +227,7 @@ def test_loss_by_frequency_options_and_the_runs_they_compose(tmp_path):
     assert script.read_options(compose_script()) == script.Options(
         steps=200, every=5, buckets=10, width=64, n_layer=2, n_head=2, block_size=64, batch_size=16, sgd_lr=None,
         adamw_lr=None, seed=1337, smooth=5, final_events=5, threads=None, plot_only=False,
-        out=Path("scripts/results/loss_by_frequency"))
+        out=Path("results/loss_by_frequency"))
     opts = script.read_options(compose_script("steps=40", "every=4", "buckets=5", "width=32", "adamw_lr=1e-3",
                                               f"out={tmp_path}"))
     cfgs = script.plan_runs(opts)  # composed as src/train.py composes them, and checked

@@ -15,7 +15,7 @@ Measures, on one model and one stream of random-token batches, in one invocation
 One recipe, one step: every model and optimizer here is built by `mugpt.core.recipe.Recipe` (the trainer's own
 recipe) and every plain step is `mugpt.core.recipe.train_step` (a row's micro-batches from `split_batch`, bf16 rows
 through its autocast_dtype). So each row clips the gradient norm at optim.grad_clip as the trainer does. Tables
-measured before this module existed (e.g. scripts/results/benchmark/cuda-gpt2.md) ran a hand-written step
+measured before this module existed (e.g. results/benchmark/cuda-gpt2.md) ran a hand-written step
 without the gradient norm and clip; `optim.grad_clip=null` drops the clip, the norm is still computed.
 
 Timing: every comparison is interleaved (blocks of steps alternate between arms, A B B A ...), medians are

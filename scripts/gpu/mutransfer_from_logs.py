@@ -3,17 +3,17 @@
 The runs' summary.json files stayed on the GPU machine (its file transfer drops deep folders), so the rows
 come from the training log lines: each job's overrides, then its `val_loss ... after N steps` line (a run
 that hit max_loss also logs `run diverged`). Run from the repository root:
-    python scripts/results/mutransfer_gpu/from_logs.py
+    python scripts/gpu/mutransfer_from_logs.py
 """
 import csv
-import math
 import json
+import math
 import re
 from pathlib import Path
 
-from mugpt.mutransfer import analyse, format_report, plot
+from mugpt.studies.transfer import analyse, format_report, plot
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[2] / "results" / "mutransfer_gpu"  # the folder this rebuilds
 DEFAULTS = {"model.init_std": 0.02, "parametrization.output_mult": 1.0, "seed": 1337}
 
 
