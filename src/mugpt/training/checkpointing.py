@@ -27,11 +27,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mugpt.errors import CheckpointWriteError
+from mugpt.rundir import CHECKPOINT_DIR
+from mugpt.rundir import LAST_CHECKPOINT as LAST
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
 # overrides that say how to run, not what to train: ignored when matching a run to resume
 # model options that change how a step runs, not what is trained: free to change on resume
 RUNTIME_ONLY = {"activation_checkpointing", "dropout", "loss_impl", "loss_chunk"}

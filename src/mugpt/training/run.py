@@ -33,11 +33,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mugpt.errors import INPUT_ERRORS, ConfigError, RunInterrupted, as_config_error
+from mugpt.rundir import REFUSED_SUMMARY_FILE, SUMMARY_FILE, last_checkpoint, write_summary
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-REFUSED_SUMMARY_FILE = "summary.refused.json"  # a relaunch refused before training, beside the run's own summary
 
 
 def check_writable_dir(path: str | Path, option: str) -> None:
@@ -414,13 +413,6 @@ def finish_wandb(loggers: list, summary: Mapping[str, Any] | None = None) -> Non
 # ---- summary.json and the run's bookkeeping
 
 
-def write_summary(output_dir: Path, summary: dict, name: str = SUMMARY_FILE) -> None:
-    path = output_dir / name
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def _trained_summary(path: Path) -> bool:
     """Does `path` hold a summary worth keeping (any but that of a launch refused before training)?"""
     try:
@@ -477,9 +469,7 @@ def _ctrl_c(exc: BaseException) -> bool:
 def _stopped_at_once(run: Run) -> str:
     if not run.training:
         return "interrupted (Ctrl-C) before training started; nothing to resume"
-    from mugpt.training.checkpointing import CHECKPOINT_DIR, LAST
-
-    kept = run.output_dir / CHECKPOINT_DIR / LAST
+    kept = last_checkpoint(run.output_dir)
     return (f"stopped at once (Ctrl-C); the last checkpoint, {kept}, continues with resume=auto" if kept.is_file()
             else "stopped at once (Ctrl-C) before any checkpoint was saved")
 
