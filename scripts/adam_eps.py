@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mugpt.config import compose_training_config, register_configs, script_option
 from mugpt.core.optim import eps_share
 from mugpt.core.recipe import Recipe, train_step
-from mugpt.studies.coord_check import load_tokens, sample_batches
+from mugpt.data.windows import load_tokens, sample_batches
 
 
 def run(cfg: DictConfig) -> list[dict]:

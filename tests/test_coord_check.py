@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from mugpt.data.windows import load_tokens
 from mugpt.studies.coord_check import (
     CSV_COLUMNS,
     DEPTH_CSV_COLUMNS,
@@ -19,7 +20,6 @@ from mugpt.studies.coord_check import (
     check_coord_check,
     compute_depth_slopes,
     compute_slopes,
-    load_tokens,
     run_coord_check,
 )
 

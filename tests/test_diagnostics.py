@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from mugpt.core.model import GPT, GPTConfig
-from mugpt.studies.coord_check import probed_modules
 from mugpt.training.diagnostics import (
     Diagnostics,
     UpdateNorms,
@@ -25,6 +24,7 @@ from mugpt.training.diagnostics import (
     weight_matrices,
 )
 from mugpt.training.module import GPTLightningModule
+from mugpt.training.probe import probed_modules
 from mugpt.training.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,8 +12,8 @@ the training loss of the batch, split up), and logs at the row where Lightning l
   holds the most frequent tokens that together make up the first 10% of the corpus, bucket 9 the long tail that
   makes up the last 10%. Each bucket thus holds about a tenth of a batch's targets on average (comparable
   sample sizes), and the rare buckets hold thousands of token types each. `frequency_buckets` has the exact rule.
-* `act/<module>` — mean |output| of each module that the coordinate check probes (`coord_check.probed_modules`,
-  measured with its own hooks, `coord_check.record_l1`): embedding, per block attn/mlp/residual, logits.
+* `act/<module>` — mean |output| of each module that the coordinate check probes (mugpt.training.probe's
+  `probed_modules`, measured with its own hooks, `record_l1`): embedding, per block attn/mlp/residual, logits.
 * `update/<matrix>` — relative update size ||W_t − W_s|| / ||W_s|| (Frobenius) of every weight matrix (every
   2-D parameter; a tied readout is the token embedding) since the previous logging event s (the start of
   training, or of the resumed run, for the first event, which so covers every_n_steps − 1 updates).
@@ -41,7 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mugpt.studies.coord_check import record_l1
+from mugpt.training.probe import record_l1
 
 log = logging.getLogger(__name__)
 

@@ -108,6 +108,6 @@ def diagnose(build: Build, expect: Any = "mup", *, family: str = "adam", widths:
 def shakespeare_batches(count: int, batch_size: int = 8, block_size: int = 32, seed: int = 0,
                         tokens: Any = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`count` batches of byte-level Shakespeare windows (the same for every model)."""
-    from mugpt.studies.coord_check import load_tokens, sample_batches
+    from mugpt.data.windows import load_tokens, sample_batches
 
     return sample_batches(load_tokens("byte") if tokens is None else tokens, count, batch_size, block_size, seed)
