@@ -187,3 +187,63 @@ def test_readme_test_command_is_the_one_ci_runs():
     tests = _section(README.read_text(encoding="utf-8"), "Tests")
     assert "python -m pytest " in tests or "python -m pytest\n" in tests
     assert 'python -m pytest -m "not slow"' in tests
+
+
+# ---- names the pages mention: a module path or a file that moves must not leave the docs behind
+
+_DOTTED = re.compile(r"\bmugpt(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+_REPO_PATH = re.compile(r"`((?:src|conf|scripts|results|tests|docs)/[^`\s:]+)`")
+
+
+def unresolved_names(text: str) -> list[str]:
+    """The dotted `mugpt.…` names in a page that neither import nor are an attribute of an importable module."""
+    import importlib
+
+    missing = []
+    for name in sorted(set(_DOTTED.findall(text))):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            try:
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+            except AttributeError:
+                missing.append(name)
+            break
+        else:
+            missing.append(name)
+    return missing
+
+
+def missing_paths(text: str) -> list[str]:
+    """The repository paths a page names in backticks that do not exist (placeholders like NAME and {a,b} globs
+    are expanded or skipped)."""
+    missing = []
+    for path in sorted(set(_REPO_PATH.findall(text))):
+        if any(ch in path for ch in "*<>") or path.split("/")[-1].isupper() or "NAME" in path:
+            continue
+        if "{" in path:  # a brace group: every alternative must exist
+            head, rest = path.split("{", 1)
+            options, tail = rest.split("}", 1)
+            candidates = [head + option + tail for option in options.split(",")]
+        else:
+            candidates = [path]
+        missing += [c for c in candidates if not (ROOT / c.rstrip("/")).exists()]
+    return missing
+
+
+@pytest.mark.parametrize("page", _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_module_name_and_path_a_page_mentions_exists(page):
+    text = page.read_text()
+    assert unresolved_names(text) == []
+    assert missing_paths(text) == []
+
+
+def test_the_name_and_path_checks_find_what_moved():
+    text = "see `mugpt.core.recipe.train_step`, `mugpt.core.nowhere`, `mugpt.config.NoSuchThing` and `src/gone.py`"
+    assert unresolved_names(text) == ["mugpt.config.NoSuchThing", "mugpt.core.nowhere"]
+    assert missing_paths(text) == ["src/gone.py"]
+    assert missing_paths("`conf/optim/NAME.yaml` and `results/{fair_rivals,nowhere}/`") == ["results/nowhere/"]
