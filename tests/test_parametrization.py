@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mugpt.core.model import GPTConfig
-from mugpt.core.parametrization import MaximalUpdateParametrization, get_parametrization
+from mugpt.core.parametrization import GPT2_INIT, MaximalUpdateParametrization, get_parametrization
 
 BASE = 64
 
@@ -18,7 +18,8 @@ def config(width: int, **kw) -> GPTConfig:
 
 
 def mup(**kw) -> MaximalUpdateParametrization:
-    return get_parametrization({"name": "mup", "base_width": BASE, **kw})
+    """µP with GPT-2's init and mup's output multiplier (GPT2_INIT): at its base width, SP's model."""
+    return get_parametrization({"name": "mup", "base_width": BASE, **GPT2_INIT, **kw})
 
 
 def test_mup_equals_sp_at_base_width():
@@ -407,7 +408,7 @@ def test_output_alpha_is_the_output_multiplier_over_the_base_width():
     model = mup(output_mult=None, output_alpha=128.0).build_model(config(4 * BASE))
     assert model.lm_head.input_scale() == pytest.approx(128.0 / (4 * BASE))
     with pytest.raises(ValueError, match="parametrization.output_mult and output_alpha are both null"):
-        mup(output_mult=None)
+        mup(output_mult=None, output_alpha=None)
     with pytest.raises(ValueError, match="parametrization.output_alpha must be positive"):
         mup(output_mult=None, output_alpha=0.0)
 

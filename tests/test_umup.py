@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import ROOT
 from mugpt.core.model import GPTConfig
 from mugpt.core.parametrization import get_parametrization
+from mugpt.core.recipe import Recipe
 from mugpt.errors import ConfigError
 from mugpt.studies.coord_check import probed_modules
 from mugpt.training.train import check_config, train
@@ -253,7 +254,6 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ([], r"model.tie_embeddings=true is not supported: .*set model.tie_embeddings=false"),
     (["model.norm=post"], r"model.norm=post is not supported: .*pre-norm"),
     (["optim=sgd"], r"parametrization=umup: the 'sgd' optimizer family is not supported: .*Adam"),
     (["optim=muon"], r"parametrization=umup: the 'muon' optimizer family is not supported"),
@@ -263,9 +263,39 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     (["parametrization.residual_mult=0"], r"parametrization.residual_mult must be a positive number"),
 ])
 def test_training_config_check_refuses_in_one_line(make_cfg, overrides, match):
-    base = ["parametrization=umup"] if not overrides else [*UMUP, *overrides]
     with pytest.raises(ConfigError, match=match) as exc:
-        check_config(make_cfg(*base))
+        check_config(make_cfg(*UMUP, *overrides))
+    one_line(exc)
+
+
+def test_umup_unties_the_default_models_embeddings(make_cfg):
+    """u-µP needs untied embeddings: `parametrization=umup` with the default (tied) model is accepted, and the
+    model built for it is untied, by the config check's route and by the Recipe's."""
+    cfg = make_cfg("parametrization=umup", "optim.lr=0.25")
+    assert cfg.model.tie_embeddings  # the model group's default
+    check_config(cfg)
+    recipe = Recipe.from_config(cfg.model, cfg.parametrization, cfg.optim, vocab_size=256)
+    model = recipe.build_model()
+    assert not recipe.model.tie_embeddings and not model.config.tie_embeddings
+    assert model.lm_head.weight is not model.tok_emb.weight
+    assert not umup().build_model(config(tie_embeddings=True)).config.tie_embeddings  # the Python route too
+
+
+@pytest.mark.parametrize("written, refused", [("model.tie_embeddings=true", True),
+                                              ("model.tie_embeddings=false", False), ("model.width=64", False)])
+def test_umup_refuses_tied_embeddings_written_on_the_command_line(make_cfg, written, refused):
+    """A contradiction the user wrote (Hydra's record of the command line) is one line, not silently undone."""
+    from omegaconf import open_dict
+
+    cfg = make_cfg("parametrization=umup", "optim.lr=0.25", written)
+    with open_dict(cfg):
+        cfg.hydra = {"overrides": {"task": ["parametrization=umup", "optim.lr=0.25", written]}}
+    if not refused:
+        check_config(cfg)
+        return
+    with pytest.raises(ConfigError, match=r"^parametrization=umup needs model.tie_embeddings=false, but the command "
+                                          r"line sets model.tie_embeddings=true") as exc:
+        check_config(cfg)
     one_line(exc)
 
 
@@ -312,6 +342,7 @@ import mugpt.training.train, mugpt.training.module  # noqa: F401
 from mugpt.training.distributed import block_classes
 from mugpt.core.model import Block, GPTConfig
 from mugpt.core.parametrization import get_parametrization
+from mugpt.core.recipe import Recipe
 assert block_classes() == {Block}
 cfg = GPTConfig(vocab_size=64, block_size=8, width=32, n_layer=1, n_head=2)
 for options in ({"name": "sp"}, {"name": "mup", "base_width": 32}):

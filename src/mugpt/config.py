@@ -1,9 +1,11 @@
 """Typed schemas for the config groups whose types matter: the schedule, every optimizer, the data.
 
-Each conf/optim/NAME.yaml starts from `optim/schema_NAME` and each conf/data/*.yaml from `data/schema`, so
-Hydra checks types when it composes: `optim.lr=abc` or `+optim.betas2=1` fails there, with the key named,
-before anything is built. Values (ranges, cross-field rules) are checked later by `mugpt.core.optim.check_*` and
-the DataModule. The schedule keys live once, in `ScheduleConfig`, which every optimizer's schema extends.
+Each conf/optim/NAME.yaml starts from `optim/schema_NAME` (the schema its declaration in mugpt.core.optim names)
+and each conf/data/*.yaml from `data/schema`, so Hydra checks types when it composes: `optim.lr=abc` or
+`+optim.betas2=1` fails there, with the key named, before anything is built. Values (ranges, cross-field rules) are
+checked later by `mugpt.core.optim.check_*` and the DataModule. The schedule keys live once, in `ScheduleConfig`,
+which every optimizer's schema extends. conf/parametrization/mup.yaml starts from `parametrization/schema_mup`,
+made from MaximalUpdateParametrization's keyword arguments: µP's defaults have one home, in Python.
 
 Hydra finds these schemas in its ConfigStore, and `${pow2:...}` in OmegaConf's resolvers: every entry point that
 composes the project's configs calls `register_configs()` first (src/train.py, the scripts, the tests' compose
@@ -120,11 +122,25 @@ class AdamAtan2Config(OptimConfig):
     b: float = 1.0  # and b how early atan2 saturates; there is no ε
 
 
-OPTIM_SCHEMAS: dict[str, type[OptimConfig]] = {
-    "adamw": AdamWConfig, "adam": AdamConfig, "sgd": SGDConfig, "adagrad": AdagradConfig,
-    "rmsprop": RMSpropConfig, "adafactor": AdafactorConfig, "adam8bit": Adam8bitConfig, "muon": MuonConfig,
-    "adam_atan2": AdamAtan2Config,
-}
+def optim_schemas() -> dict[str, type[OptimConfig]]:
+    """Each registered optimizer's typed config by name: its declaration in mugpt.core.optim names it."""
+    from mugpt.core.optim import OPTIMIZERS
+
+    return {name: spec.schema for name, spec in OPTIMIZERS.items()}
+
+
+def parametrization_schema(cls: type) -> type:
+    """A parametrization's options as a structured config: its class's keyword arguments with their defaults (and
+    `name`), so that its conf/parametrization/ file, which starts from it, cannot hold other defaults than the
+    Python route. Untyped (Any): the class checks its values, with its own one-line errors."""
+    import inspect
+    from dataclasses import make_dataclass
+
+    fields_ = [("name", str, field(default=cls.name))]
+    for key, p in inspect.signature(cls).parameters.items():
+        if p.kind is not inspect.Parameter.VAR_KEYWORD:
+            fields_.append((key, Any, field(default=p.default)))
+    return make_dataclass(f"{cls.__name__}Options", fields_)
 
 
 @dataclass
@@ -173,9 +189,13 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("pow2", lambda exponent, offset=0: 2.0 ** (float(exponent) + float(offset)),
                                     replace=True)
 
+    from mugpt.core.parametrization import PARAMETRIZATIONS
+
     store = ConfigStore.instance()
-    for name, schema in OPTIM_SCHEMAS.items():
+    for name, schema in optim_schemas().items():
         store.store(group="optim", name=f"schema_{name}", node=schema)
+    for name, cls in PARAMETRIZATIONS.items():
+        store.store(group="parametrization", name=f"schema_{name}", node=parametrization_schema(cls))
     store.store(group="data", name="schema", node=DataConfig)
     store.store(group="data", name="schema_shards", node=ShardDataConfig)
 
@@ -183,11 +203,12 @@ def register_configs() -> None:
 def load_optim_config(name: str, **overrides: Any) -> DictConfig:
     """conf/optim/NAME.yaml on its schema, with `overrides`: the optimizer config as a training run composes it,
     for code that builds an optimizer without composing a whole run (benchmarks, comparisons, tests)."""
-    if name not in OPTIM_SCHEMAS:
-        raise ValueError(f"optim.name: unknown optimizer '{name}' (choose one of {', '.join(OPTIM_SCHEMAS)})")
+    schemas = optim_schemas()
+    if name not in schemas:
+        raise ValueError(f"optim.name: unknown optimizer '{name}' (choose one of {', '.join(schemas)})")
     written = OmegaConf.load(CONF_DIR / "optim" / f"{name}.yaml")
     written.pop("defaults", None)
-    return OmegaConf.merge(OmegaConf.structured(OPTIM_SCHEMAS[name]), written, overrides)
+    return OmegaConf.merge(OmegaConf.structured(schemas[name]), written, overrides)
 
 
 def compose_training_config(overrides: list[str]) -> DictConfig:

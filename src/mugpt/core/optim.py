@@ -3,11 +3,15 @@
 Each group carries its own `lr` (the base learning rate times the parametrization's multiplier) and
 `weight_decay`; schedules multiply every group by the same factor, so µP's per-group ratios survive.
 
-The optimizer zoo (optim.name): adamw, adam, sgd, adagrad, rmsprop, adafactor, adam8bit, muon. Each one takes
-the groups as given and declares, in OPTIMIZERS, its µP family ("adam", "sgd" or "muon"): the learning-rate rule
-`MaximalUpdateParametrization.lr_multiplier` applies to it. What each optimizer does on top of that (and where
-that fights µP) is written next to its factory below. Optimizers read each group's `kind` (hidden, embedding,
-vector, readout) and `parametrization`, never parameter names or mup's `p.infshape`.
+The optimizer zoo (optim.name): adamw, adam, sgd, adagrad, rmsprop, adafactor, adam8bit, adam_atan2, muon. Each one
+takes the groups as given and is declared once, with the `optimizer` decorator on its factory, as an OptimizerSpec
+in OPTIMIZERS: its µP family ("adam", "sgd" or "muon": the learning-rate rule
+`MaximalUpdateParametrization.lr_multiplier` applies to it), its typed config (mugpt.config), its title, whether its
+decay is decoupled, whether it needs whole matrices, and its donor learning-rate grid. Everything else that lists
+optimizers (the config schemas, FSDP's refusal, the comparisons' tables and grids) reads OPTIMIZERS. What each
+optimizer does on top of that (and where that fights µP) is written next to its factory below. Optimizers read
+each group's `kind` (hidden, embedding, vector, readout) and `parametrization`, never parameter names or mup's
+`p.infshape`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from mugpt import config as C
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,6 @@ def check_schedule(cfg: Any, max_steps: int) -> None:
 
 
 BATCH_LR_RULES = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}  # the exponent p of lr ∝ batch^p
-# w ← w - lr·wd·w: the decay whose time scale is 1/(lr·wd)
-DECOUPLED_DECAY = ("adamw", "adam8bit", "adafactor", "adam_atan2")
 
 
 def check_transfer_rules(cfg: Any) -> None:
@@ -62,9 +66,10 @@ def check_transfer_rules(cfg: Any) -> None:
     if timescale is not None:
         if timescale <= 0:
             raise ValueError(f"optim.weight_decay_timescale must be positive (a fraction of the run), got {timescale}")
-        if cfg.name not in DECOUPLED_DECAY:
+        decoupled = [name for name, spec in OPTIMIZERS.items() if spec.decoupled_decay]
+        if cfg.name not in decoupled:
             raise ValueError(f"optim.weight_decay_timescale: optim={cfg.name} has no single decoupled decay whose time "
-                             f"scale is 1/(lr·wd) (only {', '.join(DECOUPLED_DECAY)}); set optim.weight_decay instead")
+                             f"scale is 1/(lr·wd) (only {', '.join(decoupled)}); set optim.weight_decay instead")
 
 
 def batch_lr_factor(cfg: Any, batch: int | None) -> float:
@@ -134,8 +139,12 @@ def with_eps(groups: list[dict], eps: float) -> list[dict]:
 
 
 def _under_mup(groups: list[dict]) -> bool:
-    """Were these groups made by µP (whose per-width learning rates some optimizer options would undo)?"""
-    return any(g.get("parametrization") == "mup" for g in groups)
+    """Were these groups made by a parametrization that follows µP's family rules (per-width learning rates that
+    some optimizer options would undo)? Its declaration says; an unknown name is taken as not."""
+    from mugpt.core.parametrization import PARAMETRIZATIONS  # noqa: PLC0415
+
+    names = {g.get("parametrization") for g in groups}
+    return any(PARAMETRIZATIONS[n].follows_mup_family_rules for n in names if n in PARAMETRIZATIONS)
 
 
 # ------------------------------------------------------------------------------------ the zoo
@@ -144,25 +153,60 @@ Factory = Callable[[list[dict], Any, bool], Optimizer]
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """An optimizer of the zoo: its factory (groups, optim config, on_cuda) and the µP family whose learning-rate
-    rule applies to it ("adam": entrywise-normalised steps; "sgd"; "muon": orthogonalised hidden steps), or a
-    function of the optim config giving it, for an optimizer whose options change what its step is."""
+    """An optimizer of the zoo, declared once.
 
+    name: optim.name (conf/optim/NAME.yaml, which starts from `optim/schema_NAME`).
+    factory: (groups, optim config, on_cuda) -> the torch optimizer.
+    mup_family: the µP family whose learning-rate rule applies to it ("adam": entrywise-normalised steps; "sgd";
+        "muon": orthogonalised hidden steps), or a function of the optim config giving it, for an optimizer whose
+        options change what its step is.
+    schema: its typed config (a dataclass extending mugpt.config.OptimConfig), which Hydra checks when it composes.
+    title: how tables and figures name it.
+    decoupled_decay: its decay is w ← w - lr·wd·w, whose time scale is 1/(lr·wd) (optim.weight_decay_timescale).
+    needs_whole_matrices: why it cannot step FSDP's flat 1-D shards (what it does with whole matrices), or None.
+    lr_log2_grid: the donor's log2 learning-rate grid in a transfer experiment (centred on its best lr in the
+        time-to-target comparison, wide enough for µP's defaults).
+    sweep_overrides: training overrides every sweep of it adds (Muon's AdamW part following the swept lr)."""
+
+    name: str
     factory: Factory
     mup_family: str | Callable[[Any], str]
+    schema: type
+    title: str
+    decoupled_decay: bool = False
+    needs_whole_matrices: str | None = None
+    lr_log2_grid: range = range(-11, -3)
+    sweep_overrides: tuple[str, ...] = ()
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
 
 
-def optimizer(name: str, mup_family: str | Callable[[Any], str]) -> Callable[[Factory], Factory]:
-    """Register a factory as optim.name=`name`. A new optimizer is this decorator and a conf/optim/ file."""
+def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
+    """Enter an optimizer as optim.name=spec.name (at import, or at run time for one defined outside the project)."""
+    OPTIMIZERS[spec.name] = spec
+    return spec
+
+
+def optimizer(name: str, mup_family: str | Callable[[Any], str], **declaration: Any) -> Callable[[Factory], Factory]:
+    """Register a factory as optim.name=`name` with the rest of its declaration (OptimizerSpec's fields). A new
+    optimizer is this decorator, its schema in mugpt.config and a conf/optim/ file."""
 
     def register(factory: Factory) -> Factory:
-        OPTIMIZERS[name] = OptimizerSpec(factory, mup_family)
+        register_optimizer(OptimizerSpec(name, factory, mup_family, **declaration))
         return factory
 
     return register
+
+
+def titles() -> dict[str, str]:
+    """Every registered optimizer's title by name, in declaration order: what tables and figures call it."""
+    return {name: spec.title for name, spec in OPTIMIZERS.items()}
+
+
+def lr_log2_grids() -> dict[str, tuple[list[str], range]]:
+    """Every registered optimizer's transfer sweep: (training overrides, the donor's log2 lr grid)."""
+    return {name: ([f"optim={name}", *spec.sweep_overrides], spec.lr_log2_grid) for name, spec in OPTIMIZERS.items()}
 
 
 def mup_family(name: str, options: Any = None) -> str:
@@ -174,13 +218,13 @@ def mup_family(name: str, options: Any = None) -> str:
     return family(options or {}) if callable(family) else family
 
 
-@optimizer("adamw", mup_family="adam")
+@optimizer("adamw", mup_family="adam", schema=C.AdamWConfig, title="AdamW", decoupled_decay=True)
 def _adamw(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     return torch.optim.AdamW(with_eps(groups, cfg.eps), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                              **_foreach(on_cuda, cfg))
 
 
-@optimizer("adam", mup_family="adam")
+@optimizer("adam", mup_family="adam", schema=C.AdamConfig, title="Adam")
 def _adam(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Coupled L2: weight_decay·w is added to the gradient *before* Adam divides by sqrt(v), so a weight with
     # large gradients is hardly decayed and one with tiny gradients (rare tokens) is decayed by ~lr per step.
@@ -191,7 +235,7 @@ def _adam(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                             **_foreach(on_cuda, cfg))
 
 
-@optimizer("sgd", mup_family="sgd")
+@optimizer("sgd", mup_family="sgd", schema=C.SGDConfig, title="SGD", lr_log2_grid=range(-6, 2))
 def _sgd(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # µP: mup's MuSGD rules (lr_multiplier: hidden lr / (fan_in mult / fan_out mult), vector-like lr·m,
     # scalars lr). SGD's decay is L2, but for SGD that is the same as decoupled decay up to momentum, so
@@ -202,7 +246,7 @@ def _sgd(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                            **_foreach(on_cuda, cfg))
 
 
-@optimizer("adagrad", mup_family="adam")
+@optimizer("adagrad", mup_family="adam", schema=C.AdagradConfig, title="AdaGrad", lr_log2_grid=range(-10, -2))
 def _adagrad(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Entrywise g/sqrt(sum g²): Adam-like, so hidden lr/m (mup's docs say so; Tensor Programs V covers
     # Adam). Theory is silent on eps: it must stay small against hidden gradients, which shrink like 1/m,
@@ -211,7 +255,7 @@ def _adagrad(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                                initial_accumulator_value=cfg.initial_accumulator_value, foreach=True)
 
 
-@optimizer("rmsprop", mup_family="adam")
+@optimizer("rmsprop", mup_family="adam", schema=C.RMSpropConfig, title="RMSProp", lr_log2_grid=range(-13, -5))
 def _rmsprop(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Adam without bias correction (and with optional heavy-ball momentum): Adam-like, hidden lr/m; the same
     # eps caveat as adagrad. Decay is coupled L2 (see adam).
@@ -219,7 +263,8 @@ def _rmsprop(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                                momentum=cfg.momentum, centered=bool(cfg.centered), foreach=True)
 
 
-@optimizer("adafactor", mup_family="adam")
+@optimizer("adafactor", mup_family="adam", schema=C.AdafactorConfig, title="Adafactor", decoupled_decay=True,
+           needs_whole_matrices="factors the second moment of whole weight matrices")
 def _adafactor(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # torch's Adafactor steps a tensor W by  max(eps2, RMS(W)) · min(lr, 1/sqrt(t)) · u / max(1, RMS(u)/d),
     # u = g / sqrt(factored second moment). It has no switch for the RMS(W) factor ("relative step"), but
@@ -240,7 +285,7 @@ def _adafactor(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
                                  foreach=True)
 
 
-@optimizer("adam_atan2", mup_family="adam")
+@optimizer("adam_atan2", mup_family="adam", schema=C.AdamAtan2Config, title="Adam-atan2", decoupled_decay=True)
 def _adam_atan2(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # Adam with atan2(m̂, b·sqrt(v̂)) in place of m̂ / (sqrt(v̂) + ε) (Everett et al. 2024, "Scaling exponents
     # across parameterizations and optimizers"): the step is bounded, invariant to the gradient's scale, and has
@@ -269,7 +314,7 @@ def _adam8bit_backend(on_cuda: bool) -> tuple[str, type] | None:
     return None
 
 
-@optimizer("adam8bit", mup_family="adam")
+@optimizer("adam8bit", mup_family="adam", schema=C.Adam8bitConfig, title="8-bit AdamW", decoupled_decay=True)
 def _adam8bit(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     # AdamW with both moments stored in 8 bits (block-wise quantised): Adam-like, hidden lr/m.
     _, cls = _check_adam8bit(on_cuda)
@@ -359,7 +404,10 @@ def _muon_family(options: Any) -> str:
     return "adam" if options.get("adjust_lr_fn") == "match_rms_adamw" else "muon"
 
 
-@optimizer("muon", mup_family=_muon_family)
+# Muon's AdamW part (embeddings, readout, vectors) follows the swept lr at 1/8 (its config's default ratio is ~1/7)
+@optimizer("muon", mup_family=_muon_family, schema=C.MuonConfig, title="Muon (+AdamW)",
+           needs_whole_matrices="orthogonalises whole weight matrices", lr_log2_grid=range(-9, -1),
+           sweep_overrides=("optim.adamw_lr='${pow2:${lr_log2},-3}'",))
 def _muon(groups: list[dict], cfg: Any, on_cuda: bool) -> Optimizer:
     if (cfg.adjust_lr_fn == "match_rms_adamw" and _under_mup(groups)
             and any(g.get("mup_family") != "adam" for g in groups if g.get("kind") == "hidden")):

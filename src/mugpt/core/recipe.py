@@ -48,6 +48,7 @@ class Recipe:
         self.parametrization = plain_dict(self.parametrization)
         self.optim = self.optim if isinstance(self.optim, DictConfig) else OmegaConf.create(dict(self.optim))
         self.rule = get_parametrization(self.parametrization)  # refuses unknown names and options
+        self.model = self.rule.model_config(self.model)  # the model options the parametrization needs (u-µP: untied)
 
     @classmethod
     def from_config(cls, model: Mapping[str, Any], parametrization: Mapping[str, Any], optim: Mapping[str, Any],

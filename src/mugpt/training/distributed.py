@@ -23,9 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf, read_write
 
-# Optimizers that need each parameter's full matrix shape; FSDP hands the optimizer flat 1-D shards.
-NEEDS_WHOLE_MATRICES = {"muon": "orthogonalises whole weight matrices",
-                        "adafactor": "factors the second moment of whole weight matrices"}
+from mugpt.core.optim import OPTIMIZERS
 
 
 def build_strategy(strategy: Any) -> Any:
@@ -81,7 +79,10 @@ def check_strategy(cfg: DictConfig) -> None:
     """Refuse, before any work, the options that a distributed strategy cannot run."""
     strategy = cfg.trainer.get("strategy", "auto")
     if is_fsdp(strategy):
-        why = NEEDS_WHOLE_MATRICES.get(cfg.optim.name)
+        # an optimizer that needs each parameter's full matrix shape says why in its declaration; FSDP hands the
+        # optimizer flat 1-D shards
+        spec = OPTIMIZERS.get(cfg.optim.name)
+        why = spec.needs_whole_matrices if spec else None
         if why:
             raise ValueError(f"optim={cfg.optim.name} {why}, but trainer.strategy=fsdp gives the optimizer flat "
                              "1-D shards; use trainer=ddp or another optimizer")

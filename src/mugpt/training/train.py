@@ -183,6 +183,23 @@ def accumulation_steps(cfg: DictConfig, processes: int = 1) -> int:
     return batch_tokens // micro
 
 
+def written_model_options(cfg: DictConfig) -> dict:
+    """The model.KEY=VALUE options the command line wrote (Hydra's record of its overrides, on the config or on the
+    running Hydra), as {KEY: value}; {} where there is no record (a config composed in Python)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    if task is None and HydraConfig.initialized():
+        task = HydraConfig.get().overrides.task
+    written = {}
+    for override in OverridesParser.create().parse_overrides(list(task or [])):
+        key = override.key_or_group
+        if key.startswith("model.") and not override.is_delete() and not override.is_sweep_override():
+            written[key.removeprefix("model.")] = override.value()
+    return written
+
+
 def check_config(cfg: DictConfig) -> tuple[int, int]:
     """Everything that can reject a training config, without building data or model: a ConfigError whose one
     line names the option. Returns (processes, gradient accumulation steps). Sweeps call it on every run first."""
@@ -201,6 +218,8 @@ def check_config(cfg: DictConfig) -> tuple[int, int]:
         model = GPTConfig(**{**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": 1})  # vocab: later
         check_kernels(cfg, model)
         rule = get_parametrization(OmegaConf.to_container(cfg.parametrization, resolve=True))
+        # the model options it needs are set for it (model_config); one the command line contradicts is refused
+        rule.check_written(written_model_options(cfg))
         rule.check_family(mup_family(cfg.optim.name, cfg.optim))
         rule.check_run(model, cfg)  # model and training options the parametrization cannot run
         processes = world_size(cfg.trainer)
