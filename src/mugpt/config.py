@@ -369,17 +369,12 @@ def check_overrides(overrides: list[str]) -> DictConfig:
 OPTION_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
-def script_option(cfg: DictConfig, key: str, kind: type, nullable: bool = False, positive: bool = False,
-                  minimum: float | None = None) -> Any:
-    """cfg[key] as Hydra parsed it, checked to be of `kind` (an int is a number too, a bool is only a bool; a number
-    is finite), > 0 with `positive`, >= `minimum`; null allowed with `nullable`. For the scripts' own options:
-    the ValueError names KEY=VALUE and what it must be, in one line."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        value = cfg[key]
-    except OmegaConfBaseException as exc:  # an interpolation such as ${x} in a value
-        raise ValueError(f"{key}: {str(exc).strip().splitlines()[0]} (write a literal '${{' as '\\${{')") from None
+def check_option(value: Any, key: str, kind: type, nullable: bool = False, positive: bool = False,
+                 minimum: float | None = None, why: str = "", null_means: str = "",
+                 error: type[ValueError] = ValueError) -> Any:
+    """`value` checked to be of `kind` (an int is a number too, a bool is only a bool; a number is finite), > 0 with
+    `positive`, >= `minimum`; null allowed with `nullable`. The error (`error`, a ValueError) names KEY=VALUE and
+    what it must be, in one line; `why` says what the option is, `null_means` what null stands for."""
     if value is None and nullable:
         return None
     noun = OPTION_KINDS[kind].removeprefix("an ").removeprefix("a ")
@@ -392,5 +387,44 @@ def script_option(cfg: DictConfig, key: str, kind: type, nullable: bool = False,
     if not ok:
         hint = (f"; Hydra read it as {type(value).__name__}, quote it: '{key}=\"...\"'"
                 if kind is str and value is not None else "")
-        raise ValueError(f"{key}={value}: must be {wanted}{' or null' if nullable else ''}{hint}")
+        null = (f" (or null: {null_means})" if null_means else " or null") if nullable else ""
+        raise error(f"{key}={value}: must be {wanted}{null}{hint}{' (' + why + ')' if why else ''}")
     return float(value) if kind is float else value
+
+
+def script_option(cfg: DictConfig, key: str, kind: type, nullable: bool = False, positive: bool = False,
+                  minimum: float | None = None, many: bool = False, required: str = "", null_means: str = "") -> Any:
+    """cfg[key] as Hydra parsed it, checked by `check_option` (kind, nullable, positive, minimum); with `many`, a
+    non-empty list of `kind` without repeats (a single value is a list of one). A missing value (???) is refused
+    as `KEY is required: REQUIRED`. For the scripts' own options: the ValueError names KEY=VALUE and what it must
+    be, in one line."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    if OmegaConf.is_missing(cfg, key):
+        raise ValueError(f"{key} is required{': ' + required if required else ''}")
+    try:
+        value = cfg[key]
+    except OmegaConfBaseException as exc:  # an interpolation such as ${x} in a value
+        raise ValueError(f"{key}: {str(exc).strip().splitlines()[0]} (write a literal '${{' as '\\${{')") from None
+    if many:
+        return _list_option(value, key, kind)
+    return check_option(value, key, kind, nullable=nullable, positive=positive, minimum=minimum,
+                        null_means=null_means)
+
+
+def _list_option(value: Any, key: str, kind: type) -> list:
+    from omegaconf import ListConfig
+
+    listed = isinstance(value, (list, ListConfig))
+    items = list(value) if listed else [value]
+    shown = f"[{','.join(str(v) for v in items)}]" if listed else str(value)
+    of_kind = [kind is bool if isinstance(v, bool) else isinstance(v, (int, float) if kind is float else kind)
+               for v in items]
+    if not items or not all(of_kind):
+        noun = OPTION_KINDS[kind].removeprefix("an ").removeprefix("a ")
+        raise ValueError(f"{key}={shown}: must be a list of {noun}s, "
+                         f"e.g. {key}=[{'adamw,muon' if kind is str else '0.5,1,2'}]")
+    repeated = sorted({str(v) for v in items if items.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{key}={shown}: {', '.join(repeated)} listed twice")
+    return [float(v) if kind is float else v for v in items]

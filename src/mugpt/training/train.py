@@ -113,10 +113,10 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 
 
 def _integer(value, option: str, minimum: int, why: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        bound = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{option}={value}: must be {bound}{' (' + why + ')' if why else ''}")
-    return value
+    from mugpt.config import check_option
+
+    return check_option(value, option, int, positive=minimum == 1, minimum=None if minimum == 1 else minimum,
+                        why=why, error=ConfigError)
 
 
 def check_run_options(cfg: DictConfig) -> None:
