@@ -4,9 +4,7 @@ their slopes against log2 depth, the table and the figure."""
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -18,11 +16,20 @@ from omegaconf import DictConfig, OmegaConf
 from mugpt.core.model import GPTConfig
 from mugpt.core.optim import mup_family
 from mugpt.core.parametrization import get_parametrization, parametrization_class
-from mugpt.studies.coord_check.shared import _log_log_panel, shared_batches, trace_updates
+from mugpt.studies.coord_check.shared import (
+    _log_log_panel,
+    check_steps,
+    model_configs,
+    pyplot,
+    save_figure,
+    shared_batches,
+    step_colours,
+    step_handles,
+    sweep,
+    trace_updates,
+)
 from mugpt.studies.coord_check.width import compute_slopes
 from mugpt.training.probe import module_kind
-
-log = logging.getLogger(__package__)  # the package's logger: its lines keep the name they always had
 
 # The depth axis (axis=depth). Its CSV has one row per (parametrization, depth, step, module kind, seed), with the
 # activation's size and its update's size side by side; the width axis's CSV keeps its own columns.
@@ -79,12 +86,10 @@ def plan_depth_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_c
     depths = sorted(set(depths))
     if len(depths) < 2:
         raise ValueError(f"depths: a depth coordinate check needs at least two distinct depths, got {depths}")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+    check_steps(steps)
     if not parametrizations:
         raise ValueError("depth_parametrizations: nothing to compare (give at least one)")
-    model_fields = {k: v for k, v in dict(model_cfg).items() if k in GPTConfig.__dataclass_fields__}
-    configs = [GPTConfig(**{**model_fields, "vocab_size": vocab_size, "n_layer": d}) for d in depths]
+    configs = model_configs(model_cfg, vocab_size, "depth", depths)
     width = configs[0].width
     plans = {}
     for label, options in parametrizations.items():
@@ -111,19 +116,17 @@ def run_depth_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cf
     configs, plans = plan_depth_traces(parametrizations, model_cfg, depths, steps, vocab_size,
                                        optim=optim_cfg)
     probe_x, train_batches = shared_batches(tokens, steps, batch_size, configs[0].block_size, data_seed)
+
+    def trace(options: Mapping[str, Any], config: GPTConfig, seed: int) -> list[dict[str, dict[str, float]]]:
+        return trace_updates(options, config, optim_cfg, train_batches, probe_x, steps, seed, device)
+
     rows = []
-    for label, options in plans.items():
-        for config in configs:
-            for seed in seeds:
-                start = time.perf_counter()
-                trace = trace_updates(options, config, optim_cfg, train_batches, probe_x, steps, int(seed), device)
-                log.info("%s depth=%d seed=%d: %.1fs", label, config.n_layer, seed, time.perf_counter() - start)
-                for step, values in enumerate(trace):
-                    l1, update = aggregate_by_kind(values["l1"]), aggregate_by_kind(values["update_l1"])
-                    for module in l1:
-                        rows.append({"parametrization": label, "depth": config.n_layer, "step": step,
-                                     "module": module, "seed": int(seed), "l1": l1[module],
-                                     "update_l1": update[module]})
+    for label, config, seed, values_by_step in sweep(plans, configs, seeds, "depth", trace):
+        for step, values in enumerate(values_by_step):
+            l1, update = aggregate_by_kind(values["l1"]), aggregate_by_kind(values["update_l1"])
+            for module in l1:
+                rows.append({"parametrization": label, "depth": config.n_layer, "step": step, "module": module,
+                             "seed": seed, "l1": l1[module], "update_l1": update[module]})
     return rows
 
 
@@ -171,19 +174,13 @@ def plot_depth_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
     """Grid for the depth axis: one row per (quantity, parametrization), sizes above update sizes, one column per
     module kind; x = depth (log2), y = log. Colour = training step (mean over seeds). Rows of one quantity share
     each column's y range, so the parametrizations compare at a glance; the last step's slope is printed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
+    plt, Line2D = pyplot()
     rows = list(rows)
     params = list(dict.fromkeys(r["parametrization"] for r in rows))
     steps = sorted({int(r["step"]) for r in rows})
     depths = sorted({int(r["depth"]) for r in rows})
     kinds = [k for k in DEPTH_KINDS if any(r["module"] == k for r in rows)]
-    cmap = plt.get_cmap("viridis")
-    colours = {t: cmap(0.9 * i / max(1, len(steps) - 1)) for i, t in enumerate(steps)}
+    colours = step_colours(plt, steps)
     values: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
         for quantity in QUANTITIES:
@@ -219,12 +216,5 @@ def plot_depth_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
             for ax in group:
                 ax.set_ylim(min(lows), max(highs))
 
-    handles = [Line2D([], [], color=colours[t], marker="o", ms=3, label=f"step {t}") for t in steps]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
-               bbox_to_anchor=(0.5, 0.0), fontsize=9)
-    fig.suptitle(title or "Depth coordinate check: size and update size vs depth after t training steps",
-                 fontsize=13)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(plt, fig, step_handles(Line2D, colours),
+                title or "Depth coordinate check: size and update size vs depth after t training steps", 0.04, path)

@@ -78,6 +78,12 @@ def _prepare(cfg: DictConfig, output_dir: str | Path | None,
     return out, vocab_size, load_tokens(cfg.data.tokenizer) if tokens is None else tokens
 
 
+def _training_text(cfg: DictConfig) -> str:
+    """`AdamW lr=0.01, batch 8x64, 3 seed(s)`: how the traced models train, for a figure's title."""
+    return (f"{OPTIMIZER_NAMES.get(cfg.optim.name, cfg.optim.name)} lr={cfg.optim.lr:g}, "
+            f"batch {cfg.data.batch_size}x{cfg.model.block_size}, {len(cfg.seeds)} seed(s)")
+
+
 def run_coord_check(cfg: Any, output_dir: str | Path | None = None, tokens: np.ndarray | None = None) -> dict:
     """Run the sweep described by cfg (shaped like conf/coord_check.yaml) and write its three files.
 
@@ -89,10 +95,7 @@ def run_coord_check(cfg: Any, output_dir: str | Path | None = None, tokens: np.n
     start = time.perf_counter()
     out, vocab_size, tokens = _prepare(cfg, output_dir, tokens)
     params = OmegaConf.to_container(cfg.parametrizations, resolve=True)
-    title = (f"Coordinate check: {cfg.model.n_layer}-layer GPT, {cfg.model.n_head} heads, "
-             f"{OPTIMIZER_NAMES.get(cfg.optim.name, cfg.optim.name)} lr={cfg.optim.lr:g}, "
-             f"batch {cfg.data.batch_size}x{cfg.model.block_size}, "
-             f"{len(cfg.seeds)} seed(s)")
+    title = f"Coordinate check: {cfg.model.n_layer}-layer GPT, {cfg.model.n_head} heads, {_training_text(cfg)}"
     rows = run_traces(params, OmegaConf.to_container(cfg.model, resolve=True), cfg.optim, list(cfg.widths),
                       list(cfg.seeds), int(cfg.steps), tokens, vocab_size, int(cfg.data.batch_size),
                       int(cfg.data.seed), device=str(cfg.get("device", "cpu")))
@@ -114,9 +117,7 @@ def run_depth_check(cfg: Any, output_dir: str | Path | None = None, tokens: np.n
     cfg = _as_config(cfg)
     start = time.perf_counter()
     out, vocab_size, tokens = _prepare(cfg, output_dir, tokens)
-    title = (f"Depth coordinate check: GPT of width {cfg.model.width}, {cfg.model.n_head} heads, "
-             f"{OPTIMIZER_NAMES.get(cfg.optim.name, cfg.optim.name)} lr={cfg.optim.lr:g}, "
-             f"batch {cfg.data.batch_size}x{cfg.model.block_size}, {len(cfg.seeds)} seed(s)")
+    title = f"Depth coordinate check: GPT of width {cfg.model.width}, {cfg.model.n_head} heads, {_training_text(cfg)}"
     rows = run_depth_traces(OmegaConf.to_container(cfg.depth_parametrizations, resolve=True),
                             OmegaConf.to_container(cfg.model, resolve=True), cfg.optim, depth_list(cfg),
                             list(cfg.seeds), int(cfg.steps), tokens, vocab_size, int(cfg.data.batch_size),

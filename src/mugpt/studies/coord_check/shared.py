@@ -1,11 +1,13 @@
 """What both axes of the coordinate check share: one model trained a few steps and measured after each, the
-batches every model of a sweep sees, and the CSV and figure-panel helpers."""
+batches every model of a sweep sees, the sweep's loop over parametrizations, models and seeds, and the CSV and
+figure helpers."""
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ from mugpt.data.windows import sample_batches
 from mugpt.training.probe import mean_abs, measure, probe_outputs
 
 log = logging.getLogger(__package__)  # the package's logger: its lines keep the name they always had
+
+AXIS_FIELDS = {"width": "width", "depth": "n_layer"}  # the GPTConfig field each axis sweeps
 
 
 def train_steps(parametrization: Mapping[str, Any], model_config: GPTConfig, optim_cfg: Any,
@@ -81,6 +85,31 @@ def shared_batches(tokens: np.ndarray, steps: int, batch_size: int, block_size: 
     return probe_x, sample_batches(tokens, max(steps - 1, 0), batch_size, block_size, seed=data_seed + 1)
 
 
+def check_steps(steps: int) -> None:
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+
+
+def model_configs(model_cfg: Mapping[str, Any], vocab_size: int, axis: str, values: Sequence[int]) -> list[GPTConfig]:
+    """One model config per value on the axis, every other GPTConfig field from model_cfg (other keys ignored)."""
+    fields = {k: v for k, v in dict(model_cfg).items() if k in GPTConfig.__dataclass_fields__}
+    return [GPTConfig(**{**fields, "vocab_size": vocab_size, AXIS_FIELDS[axis]: v}) for v in values]
+
+
+def sweep(plans: Mapping[str, Mapping[str, Any]], configs: Sequence[GPTConfig], seeds: Sequence[int], axis: str,
+          trace: Callable[[Mapping[str, Any], GPTConfig, int], list]) -> Iterator[tuple[str, GPTConfig, int, list]]:
+    """Every parametrization × model × seed in that order, traced by trace(options, config, seed) and its time
+    logged: (label, config, seed, trace)."""
+    for label, options in plans.items():
+        for config in configs:
+            for seed in seeds:
+                start = time.perf_counter()
+                result = trace(options, config, int(seed))
+                log.info("%s %s=%d seed=%d: %.1fs", label, axis, getattr(config, AXIS_FIELDS[axis]), seed,
+                         time.perf_counter() - start)
+                yield label, config, int(seed), result
+
+
 def write_csv(rows: Iterable[Mapping[str, Any]], path: Path, columns: Sequence[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -106,3 +135,36 @@ def _log_log_panel(ax: Any, xs: Sequence[int], note: str) -> None:
     ax.set_xticks(xs)
     ax.set_xticklabels([str(x) for x in xs], fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
+
+
+def pyplot() -> tuple[Any, Any]:
+    """matplotlib's pyplot on the file-only Agg backend, and Line2D for the legends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    return plt, Line2D
+
+
+def step_colours(plt: Any, steps: Sequence[int]) -> dict[int, Any]:
+    """One viridis colour per training step, dark (init) to light (last)."""
+    cmap = plt.get_cmap("viridis")
+    return {t: cmap(0.9 * i / max(1, len(steps) - 1)) for i, t in enumerate(steps)}
+
+
+def step_handles(line: Any, colours: Mapping[int, Any]) -> list:
+    """Legend entries for the steps' colours (`line`: matplotlib's Line2D)."""
+    return [line([], [], color=c, marker="o", ms=3, label=f"step {t}") for t, c in colours.items()]
+
+
+def save_figure(plt: Any, fig: Any, handles: list, title: str, bottom: float, path: Path) -> None:
+    """The legend in one row below the panels (they end at `bottom`), the title above, written to path."""
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
+               bbox_to_anchor=(0.5, 0.0), fontsize=9)
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout(rect=(0, bottom, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

@@ -3,9 +3,7 @@ the mean |x|, its slope against log2 width, the summary table and the figure."""
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -15,10 +13,19 @@ import numpy as np
 
 from mugpt.core.model import GPTConfig
 from mugpt.core.parametrization import get_parametrization, parametrization_class
-from mugpt.studies.coord_check.shared import _log_log_panel, shared_batches, trace_one
+from mugpt.studies.coord_check.shared import (
+    _log_log_panel,
+    check_steps,
+    model_configs,
+    pyplot,
+    save_figure,
+    shared_batches,
+    step_colours,
+    step_handles,
+    sweep,
+    trace_one,
+)
 from mugpt.training.probe import module_kind
-
-log = logging.getLogger(__package__)  # the package's logger: its lines keep the name they always had
 
 CSV_COLUMNS = ("parametrization", "width", "step", "module", "seed", "l1")
 SLOPE_COLUMNS = ("parametrization", "step", "module", "slope", "seed_sd", "n_seeds")
@@ -41,10 +48,8 @@ def plan_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Ma
     widths = sorted(int(w) for w in widths)
     if len(widths) < 2:
         raise ValueError("widths: a coordinate check needs at least two widths")
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    model_fields = {k: v for k, v in dict(model_cfg).items() if k in GPTConfig.__dataclass_fields__}
-    configs = [GPTConfig(**{**model_fields, "vocab_size": vocab_size, "width": w}) for w in widths]
+    check_steps(steps)
+    configs = model_configs(model_cfg, vocab_size, "width", widths)
     plans = {}
     for label, options in parametrizations.items():
         options = parametrization_class(options["name"]).options_for_widths(dict(options), widths)
@@ -62,18 +67,16 @@ def run_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Map
         base_width of None means the smallest width. model_cfg: GPTConfig fields (width is swept)."""
     configs, plans = plan_traces(parametrizations, model_cfg, widths, steps, vocab_size)
     probe_x, train_batches = shared_batches(tokens, steps, batch_size, configs[0].block_size, data_seed)
+
+    def trace(options: Mapping[str, Any], config: GPTConfig, seed: int) -> list[dict[str, float]]:
+        return trace_one(options, config, optim_cfg, train_batches, probe_x, steps, seed, device)
+
     rows = []
-    for label, options in plans.items():
-        for config in configs:
-            width = config.width
-            for seed in seeds:
-                start = time.perf_counter()
-                trace = trace_one(options, config, optim_cfg, train_batches, probe_x, steps, int(seed), device)
-                log.info("%s width=%d seed=%d: %.1fs", label, width, seed, time.perf_counter() - start)
-                for step, values in enumerate(trace):
-                    for module, l1 in values.items():
-                        rows.append({"parametrization": label, "width": width, "step": step, "module": module,
-                                     "seed": int(seed), "l1": l1})
+    for label, config, seed, values_by_step in sweep(plans, configs, seeds, "width", trace):
+        for step, values in enumerate(values_by_step):
+            for module, l1 in values.items():
+                rows.append({"parametrization": label, "width": config.width, "step": step, "module": module,
+                             "seed": seed, "l1": l1})
     return rows
 
 
@@ -145,12 +148,7 @@ def plot_coord_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
     """Grid: one row per parametrization, one column per module kind; x = width (log2), y = mean |x| (log).
     Colour = training step (mean over seeds); line style = block index for per-block modules. Each column
     shares its y axis, so SP and µP compare at a glance; the slope at the last step is printed per panel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
+    plt, Line2D = pyplot()
     rows = list(rows)
     params = list(dict.fromkeys(r["parametrization"] for r in rows))
     steps = sorted({int(r["step"]) for r in rows})
@@ -159,8 +157,7 @@ def plot_coord_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
     kinds = [k for k in MODULE_KINDS if any(module_kind(m) == k for m in modules)]
     n_blocks = len({m.split(".")[0] for m in modules if m.startswith("block")})
     styles = ["-", "--", ":", "-."]
-    cmap = plt.get_cmap("viridis")
-    colours = {t: cmap(0.9 * i / max(1, len(steps) - 1)) for i, t in enumerate(steps)}
+    colours = step_colours(plt, steps)
 
     sums: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
@@ -187,14 +184,9 @@ def plot_coord_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
             if j == 0:
                 ax.set_ylabel(f"{PARAM_TITLES.get(param, param)}\nmean |activation|", fontsize=10)
 
-    handles = [Line2D([], [], color=colours[t], marker="o", ms=3, label=f"step {t}") for t in steps]
+    handles = step_handles(Line2D, colours)
     if n_blocks > 1:
         handles += [Line2D([], [], color="0.3", ls=styles[b % len(styles)], label=f"block {b}")
                     for b in range(n_blocks)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
-               bbox_to_anchor=(0.5, 0.0), fontsize=9)
-    fig.suptitle(title or "Coordinate check: mean |activation| vs width after t training steps", fontsize=13)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(plt, fig, handles, title or "Coordinate check: mean |activation| vs width after t training steps",
+                0.06, path)
