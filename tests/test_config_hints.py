@@ -79,3 +79,16 @@ def test_train_cli_refuses_a_misspelt_key_in_one_line(tmp_path, cache_dir):
     assert proc.stderr == ("error: Could not override 'model.widht' (Key 'widht' is not in struct); "
                            "did you mean model.width?\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_the_options_not_the_typed_schemas(tmp_path, cache_dir):
+    """`--help` lists what a user can choose: the optimizers' and parametrizations' typed schemas compose (as
+    top-level configs) but are no option of their groups."""
+    proc = run_train_cli(["--help"], tmp_path, cache_dir, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split(":")[0]: line for line in proc.stdout.splitlines() if ": " in line}
+    assert lines["optim"] == ("optim: adafactor, adagrad, adam, adam8bit, adam_atan2, adamw, muon, rmsprop, sgd")
+    assert lines["parametrization"] == "parametrization: mup, sp, umup"
+    assert "schema_optim" not in proc.stdout and "schema_parametrization" not in proc.stdout
+    with pytest.raises(ConfigError, match="optim.lr"):  # the schemas still type what composes
+        check_overrides(["optim=muon", "optim.lr=abc"])

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 
 import mugpt.core.parametrization as P
 import mugpt.core.recipe as R
@@ -27,7 +26,7 @@ from mugpt.studies.doctor.steps import default_forward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models on a busy 2-core machine
 
-MUP = yaml.safe_load((ROOT / "conf" / "parametrization" / "mup.yaml").read_text())
+MUP = {"name": "mup"}  # µP's shipped defaults: parametrization=mup composes the same from the class
 MODEL = {"n_layer": 2, "n_head": 2, "block_size": 32}
 UNTIED = {**MODEL, "tie_embeddings": False}
 MP = P.MaximalUpdateParametrization

@@ -121,7 +121,8 @@ def test_the_zoo_is_complete():
     for name in ZOO:
         cfg = load_optim_config(name)
         assert cfg.name == name
-        assert OmegaConf.load(CONF / f"{name}.yaml").defaults[0] == f"schema_{name}"  # the shared keys' one home
+        # the shared keys' one home, kept off the group's options
+        assert OmegaConf.load(CONF / f"{name}.yaml").defaults[0] == f"/schema_optim_{name}@_here_"
         for key in ("lr", "weight_decay", "grad_clip", "schedule", "warmup_steps", "min_lr_ratio", "decay_fraction",
                     "exp_gamma"):
             assert key in cfg, (name, key)

@@ -1,11 +1,13 @@
 """µP against its rules: init stds, per-group learning rates, forward multipliers, and what it must survive."""
 
 import copy
+import inspect
 import io
 import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from mugpt.core.model import GPTConfig
 from mugpt.core.parametrization import GPT2_INIT, MaximalUpdateParametrization, get_parametrization
@@ -468,3 +470,42 @@ def test_output_alpha_keeps_the_initial_loss_across_base_widths():
     assert abs(losses["alpha", 512] - losses["alpha", 64]) < 1.0
     assert losses["alpha", 512] < math.log(256) + 1.5
     assert losses["mult", 512] > losses["mult", 64] + 10.0
+
+
+# ------------------------------------------------------------------------------ µP's defaults, one home
+def test_python_and_command_line_routes_build_the_same_mup(make_cfg):
+    """get_parametrization({"name": "mup"}) and `parametrization=mup` agree: the same options (the class's
+    signature is conf/parametrization/mup.yaml's schema), the same model weight for weight from the same seed,
+    and the same parameter groups (lr, weight decay, ε per group)."""
+    from mugpt.core.recipe import Recipe
+
+    cfg = make_cfg("parametrization=mup", "model.width=64")
+    composed = OmegaConf.to_container(cfg.parametrization)
+    assert composed == {"name": "mup", **{k: p.default for k, p in
+                                          inspect.signature(MaximalUpdateParametrization).parameters.items()}}
+    routes = {"python": {"name": "mup"}, "command line": composed}
+    built = {}
+    for route, options in routes.items():
+        recipe = Recipe.from_config(cfg.model, options, cfg.optim, vocab_size=256)
+        torch.manual_seed(0)
+        model = recipe.build_model()
+        optimizer, _ = recipe.build_optimizer(model, max_steps=10)
+        built[route] = (model, [(g["name"], g["lr"], g["weight_decay"], g["eps"], len(g["params"]))
+                                for g in optimizer.param_groups])
+    (python, python_groups), (command_line, command_line_groups) = built.values()
+    assert python_groups == command_line_groups
+    for (name, a), (_, b) in zip(python.state_dict().items(), command_line.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert python.lm_head.output_mult == 128.0 / 256  # output_alpha / base_width: the measured default
+
+
+@pytest.mark.parametrize("name", ["sp", "umup"])
+def test_sp_and_umup_files_hold_their_classes_defaults(name):
+    """The files that list their options keep the classes' defaults (µP's file lists none: it composes them)."""
+    from mugpt.config import CONF_DIR
+    from mugpt.core.parametrization import parametrization_class
+
+    written = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "parametrization" / f"{name}.yaml"))
+    defaults = {k: p.default for k, p in inspect.signature(parametrization_class(name)).parameters.items()
+                if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    assert written == {"name": name, **defaults}

@@ -1,10 +1,10 @@
 """Typed schemas for the config groups whose types matter: the schedule, every optimizer, the data.
 
-Each conf/optim/NAME.yaml starts from `optim/schema_NAME` (the schema its declaration in mugpt.core.optim names)
+Each conf/optim/NAME.yaml starts from `schema_optim_NAME` (the schema its declaration in mugpt.core.optim names)
 and each conf/data/*.yaml from `data/schema`, so Hydra checks types when it composes: `optim.lr=abc` or
 `+optim.betas2=1` fails there, with the key named, before anything is built. Values (ranges, cross-field rules) are
 checked later by `mugpt.core.optim.check_*` and the DataModule. The schedule keys live once, in `ScheduleConfig`,
-which every optimizer's schema extends. conf/parametrization/mup.yaml starts from `parametrization/schema_mup`,
+which every optimizer's schema extends. conf/parametrization/mup.yaml starts from `schema_parametrization_mup`,
 made from MaximalUpdateParametrization's keyword arguments: µP's defaults have one home, in Python.
 
 Hydra finds these schemas in its ConfigStore, and `${pow2:...}` in OmegaConf's resolvers: every entry point that
@@ -191,11 +191,13 @@ def register_configs() -> None:
 
     from mugpt.core.parametrization import PARAMETRIZATIONS
 
+    # The schemas are stored at the top level, not as options of their groups, so that `--help` lists only what
+    # a user can choose: conf/optim/NAME.yaml starts from `/schema_optim_NAME@_here_`.
     store = ConfigStore.instance()
     for name, schema in optim_schemas().items():
-        store.store(group="optim", name=f"schema_{name}", node=schema)
+        store.store(name=f"schema_optim_{name}", node=schema)
     for name, cls in PARAMETRIZATIONS.items():
-        store.store(group="parametrization", name=f"schema_{name}", node=parametrization_schema(cls))
+        store.store(name=f"schema_parametrization_{name}", node=parametrization_schema(cls))
     store.store(group="data", name="schema", node=DataConfig)
     store.store(group="data", name="schema_shards", node=ShardDataConfig)
 

@@ -155,7 +155,7 @@ Factory = Callable[[list[dict], Any, bool], Optimizer]
 class OptimizerSpec:
     """An optimizer of the zoo, declared once.
 
-    name: optim.name (conf/optim/NAME.yaml, which starts from `optim/schema_NAME`).
+    name: optim.name (conf/optim/NAME.yaml, which starts from `/schema_optim_NAME@_here_`).
     factory: (groups, optim config, on_cuda) -> the torch optimizer.
     mup_family: the µP family whose learning-rate rule applies to it ("adam": entrywise-normalised steps; "sgd";
         "muon": orthogonalised hidden steps), or a function of the optim config giving it, for an optimizer whose

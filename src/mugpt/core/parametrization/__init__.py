@@ -43,7 +43,7 @@ from mugpt.core.parametrization.umup import UnitScaledParametrization, UnitScali
 __all__ = ["BLOCKS", "DEPTH_FAMILIES", "EMBEDDING_TABLES", "GPT2_INIT", "KINDS", "MUP_FAMILIES", "PARAMETRIZATIONS",
            "READOUT", "MaximalUpdateParametrization", "Parametrization", "Readout", "SharedReadout",
            "StandardParametrization", "UnitScaledParametrization", "UnitScalingTag", "get_parametrization",
-           "param_kind", "parametrization_class", "record_shapes", "register_parametrization", "sweep_offsets",
+           "labels", "param_kind", "parametrization_class", "record_shapes", "register_parametrization", "sweep_offsets",
            "titles", "_CachedWidthMult", "_group", "_named_unique_parameters"]
 
 PARAMETRIZATIONS: dict[str, type[Parametrization]] = {}
@@ -87,6 +87,11 @@ def parametrization_class(name: str) -> type[Parametrization]:
 def titles() -> dict[str, str]:
     """Every registered parametrization's title by name: what tables and figures call it."""
     return {name: cls.title for name, cls in PARAMETRIZATIONS.items()}
+
+
+def labels() -> dict[str, str]:
+    """Every registered parametrization's short name (SP, µP, u-µP) by name: for legends and column heads."""
+    return {name: cls.label for name, cls in PARAMETRIZATIONS.items()}
 
 
 def sweep_offsets() -> dict[str, range]:
