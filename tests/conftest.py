@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -91,12 +90,12 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def load_script(name: str):
-    """scripts/NAME.py imported as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run_script(name: str, *args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python scripts/NAME.py ARGS` as a user runs it (own process, offline W&B), for tests of a command line
+    itself; everything else is tested through the package functions the scripts call."""
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def compose_script(name: str, *overrides: str) -> DictConfig:

@@ -271,9 +271,8 @@ def test_gpu_mfu_table_reads_the_rows_and_judges_the_goals(tmp_path, capsys):
     """scripts/gpu/mfu_table.py on a results folder shaped like mfu_past_50.sh's: MFU is the mean of the logged
     windows after the first, MFU at the held clock scales it by max / median sampled clock, the fp8 speed-up and
     loss gap are fused_fp8 against fused, a row without a summary and a skipped row are listed as not measured."""
-    from conftest import load_script
+    from conftest import run_script
 
-    script = load_script("gpu/mfu_table")
     (tmp_path / "gpu.csv").write_text("name, clocks.max.sm [MHz], power.limit [W]\nNVIDIA H200, 1980 MHz, 700.00 W\n")
     rows = {"full": (64, 400_000.0, [0.20, 0.44, 0.46], 3.41, 6.00),  # batch, tokens/s, MFU windows, val, peak GB
             "fused": (64, 450_000.0, [0.1, 0.50, 0.52], 3.40, 5.50),
@@ -293,7 +292,8 @@ def test_gpu_mfu_table_reads_the_rows_and_judges_the_goals(tmp_path, capsys):
                                               "1800 MHz, 699 W\n")
     (tmp_path / "rows.txt").write_text("full rc=0 at 100s\nfused rc=0 at 230s\nfused_fp8 rc=0 at 360s\n"
                                        "chunked rc=124 at 510s\nfused_b96 skipped: 510s used of BUDGET=540s\n")
-    assert script.main([str(tmp_path)]) == 0
+    done = run_script("gpu/mfu_table", str(tmp_path))
+    assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "mfu_table.json").read_text())
     by_row = {r["row"]: r for r in result["rows"]}
     assert set(by_row) == {"full", "fused", "fused_fp8"}
@@ -307,6 +307,6 @@ def test_gpu_mfu_table_reads_the_rows_and_judges_the_goals(tmp_path, capsys):
     assert fp8_speed["measured"] == pytest.approx(1.3) and fp8_speed["met"] is True
     fp8_loss = next(g for g in result["goals"] if "val loss" in g["goal"])
     assert fp8_loss["measured"] == pytest.approx(-0.01) and fp8_loss["met"] is True
-    text = capsys.readouterr().out
+    text = done.stdout
     assert "NVIDIA H200" in text and "not measured: fused_b96 skipped" in text
     assert "not measured: chunked rc=124 at 510s (no summary.json: see chunked.log)" in text

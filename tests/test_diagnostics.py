@@ -186,14 +186,11 @@ def test_diagnostics_parts_switch_separately(make_cfg):
 
 
 # ------------------------------------------------------------------------- scripts/loss_by_frequency.py
-def load_script():
-    import importlib.util
+def study():
+    """The study scripts/loss_by_frequency.py runs."""
+    import mugpt.studies.loss_by_frequency as module
 
-    spec = importlib.util.spec_from_file_location(
-        "loss_by_frequency_script", Path(__file__).resolve().parents[1] / "scripts" / "loss_by_frequency.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return module
 
 
 def compose_script(*overrides: str):
@@ -207,7 +204,7 @@ def compose_script(*overrides: str):
 
 
 def test_loss_by_frequency_script_reads_and_plots_module_norms(tmp_path):
-    script = load_script()
+    script = study()
     run = tmp_path / "runs" / "sgd" / "csv" / "version_0"
     run.mkdir(parents=True)
     (run / "metrics.csv").write_text("step,act/block0.mlp,update/blocks.0.mlp.fc,train/loss\n"
@@ -222,7 +219,7 @@ def test_loss_by_frequency_script_reads_and_plots_module_norms(tmp_path):
 
 
 def test_loss_by_frequency_options_and_the_runs_they_compose(tmp_path):
-    script = load_script()
+    script = study()
     # conf/loss_by_frequency.yaml keeps the defaults the script had as an argparse command
     assert script.read_options(compose_script()) == script.Options(
         steps=200, every=5, buckets=10, width=64, n_layer=2, n_head=2, block_size=64, batch_size=16, sgd_lr=None,
@@ -257,7 +254,7 @@ def test_loss_by_frequency_options_and_the_runs_they_compose(tmp_path):
 ])
 def test_loss_by_frequency_refuses_a_bad_option_in_one_line_before_training(overrides, message, tmp_path,
                                                                               monkeypatch):
-    script = load_script()
+    script = study()
 
     def no_training(*args, **kwargs):
         raise AssertionError("a run trained (or its data was built) for a refused option")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from conftest import TINY, compose_config, compose_script, load_script
+from conftest import TINY, compose_config, compose_script
 from mugpt.studies.inspection import encode_prompt, evaluate_loss, load_run, sample_ids, sample_text, validation_batches
 from mugpt.studies.landscape import (
     check_options,
@@ -129,17 +129,19 @@ def test_sample_counts_and_greedy_decoding(sp_run):
 
 
 def test_sample_script_is_deterministic_for_a_seed(sp_run, tmp_path, capsys):
-    sample = load_script("sample")
+    from mugpt.studies import inspection
+
     args = [f"ckpt={sp_run[0]}", 'prompt="ROMEO: a, b = c"', "max_new_tokens=40", "temperature=0.8", "top_k=200",
             "device=cpu"]
     outputs = []
     for i, seed in enumerate((1, 1, 2)):
-        sample.sample(compose_script("sample", *args, f"seed={seed}", f"output_dir={tmp_path / str(i)}"))
+        inspection.sample_command(compose_script("sample", *args, f"seed={seed}", f"output_dir={tmp_path / str(i)}"))
         outputs.append(capsys.readouterr().out)
         assert (tmp_path / str(i) / "samples.txt").read_text() == outputs[-1]  # the run dir keeps what was printed
     assert outputs[0] == outputs[1] != outputs[2]
     assert outputs[0].startswith("ROMEO: a, b = c")  # quoted for Hydra, the prompt arrives verbatim
-    sample.sample(compose_script("sample", *args, "num_samples=2", "top_k=null", f"output_dir={tmp_path / 'two'}"))
+    inspection.sample_command(compose_script("sample", *args, "num_samples=2", "top_k=null",
+                                             f"output_dir={tmp_path / 'two'}"))
     assert capsys.readouterr().out.count("---------- sample") == 2
 
 
@@ -156,16 +158,18 @@ def test_sample_script_is_deterministic_for_a_seed(sp_run, tmp_path, capsys):
 ])
 def test_sample_prompts_quoted_for_hydra_arrive_verbatim(override, prompt):
     cfg = compose_script("sample", "ckpt=run", override)
-    assert load_script("sample").option(cfg, "prompt", str) == prompt
+    from mugpt.studies.inspection import option
+
+    assert option(cfg, "prompt", str) == prompt
 
 
 def test_sample_script_rejects_bad_options_in_one_line_before_loading(tmp_path, monkeypatch):
-    sample = load_script("sample")
+    from mugpt.studies import inspection
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded for a refused option")
 
-    monkeypatch.setattr(sample, "load_run", no_loading)
+    monkeypatch.setattr(inspection, "load_run", no_loading)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")  # a path that passes; never read
     run = f"ckpt={tmp_path / 'run'}"
@@ -180,7 +184,7 @@ def test_sample_script_rejects_bad_options_in_one_line_before_loading(tmp_path, 
                                ([run, "device=tpu"], "error: device=tpu: not a device"),
                                ([run, "prompt=1603"], "error: prompt=1603: must be a string; Hydra read it as int"),
                                ([run, 'prompt="${oops}"'], "error: prompt: Interpolation key 'oops' not found")]:
-        assert message in refusal(sample.sample, compose_script("sample", *overrides)), overrides
+        assert message in refusal(inspection.sample_command, compose_script("sample", *overrides)), overrides
 
 
 @pytest.mark.slow
@@ -271,18 +275,19 @@ def assert_png(path: Path) -> None:
 
 
 def test_landscape_script_writes_csvs_and_plots(sp_run, mup_run, tmp_path, capsys):
-    landscape = load_script("loss_landscape")
+    from mugpt.studies.inspection import landscape_command
+
     one, two = tmp_path / "one", tmp_path / "two"
     common = ["resolution=5", "span=1.0", f"batches={VAL_BATCHES}", "seed=0", "device=cpu"]
-    landscape.landscape(compose_script("loss_landscape", f"ckpt={sp_run[0]}", f"out={one}", *common))
+    landscape_command(compose_script("loss_landscape", f"ckpt={sp_run[0]}", f"out={one}", *common))
     columns, rows = read_csv(one / "landscape_1d.csv")
     assert columns == ["alpha", "loss"] and len(rows) == 5
     assert float(rows[2]["alpha"]) == 0.0 and float(rows[2]["loss"]) == pytest.approx(sp_run[1]["val_loss"], rel=1e-5)
     columns, rows = read_csv(one / "landscape_2d.csv")
     assert columns == ["alpha", "beta", "loss"] and len(rows) == 25
     # µP beside SP: a `run` column, each run's rows, both runs in the plots
-    landscape.landscape(compose_script("loss_landscape", f"ckpt={sp_run[0]}", f"ckpt2={mup_run[0]}", f"out={two}",
-                                       *common))
+    landscape_command(compose_script("loss_landscape", f"ckpt={sp_run[0]}", f"ckpt2={mup_run[0]}", f"out={two}",
+                                     *common))
     printed = capsys.readouterr().out
     assert "loss at 0" in printed and "mup, base 32, width 64" in printed
     columns, rows = read_csv(two / "landscape_2d.csv")
@@ -298,7 +303,8 @@ def test_landscape_script_writes_csvs_and_plots(sp_run, mup_run, tmp_path, capsy
 
 
 def test_landscape_script_rejects_bad_options_in_one_line(sp_run, tmp_path):
-    landscape = load_script("loss_landscape")
+    from mugpt.studies.inspection import landscape_command
+
     run = f"ckpt={sp_run[0]}"
     for overrides, message in [([], "error: ckpt is required"),
                                ([run, "resolution=6"], "error: resolution=6: must be an odd integer"),
@@ -307,4 +313,4 @@ def test_landscape_script_rejects_bad_options_in_one_line(sp_run, tmp_path):
                                ([run, "threads=0"], "error: threads=0: must be a positive integer or null"),
                                ([run, f"ckpt2={tmp_path / 'none'}"], f"error: ckpt2={tmp_path / 'none'}: no such"),
                                ([run, "device=tpu"], "error: device=tpu: not a device")]:
-        assert message in refusal(landscape.landscape, compose_script("loss_landscape", *overrides)), overrides
+        assert message in refusal(landscape_command, compose_script("loss_landscape", *overrides)), overrides

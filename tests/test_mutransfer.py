@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, compose_config, load_script
+from conftest import CONF_DIR, compose_config, run_script
 from mugpt.studies.transfer import (
     analyse,
     best_log2_lr,
@@ -327,11 +327,11 @@ def test_report_reads_axis_and_groups_from_config_yaml_across_several_sweeps(tmp
     write_run(tmp_path / "depth8" / "refused", {"parametrization": "sp", "width": 64, "lr": 2.0 ** -5, "seed": 0,
                                                 "val_loss": None, "status": "failed"},
               {"model": {"n_layer": 8}, "parametrization": {"name": "sp"}}, hydra_only=True)
-    script = load_script("mutransfer_report")
     out = tmp_path / "report"
-    assert script.main([str(tmp_path / "depth2"), str(tmp_path / "depth8"), "--out", str(out),
-                        "--axis", "model.n_layer", "--group", "parametrization.depth_alpha"]) == 0
-    printed = capsys.readouterr().out
+    done = run_script("mutransfer_report", str(tmp_path / "depth2"), str(tmp_path / "depth8"), "--out", str(out),
+                      "--axis", "model.n_layer", "--group", "parametrization.depth_alpha")
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout
     assert f"{n + 1} runs: {n} completed, 1 failed" in printed
     assert "mup depth_alpha=1.0: best learning rate per model.n_layer" in printed
     assert "transfer: donor model.n_layer 2 best lr 0.00781 -> target model.n_layer 8" in printed
@@ -349,10 +349,10 @@ def test_report_reads_axis_and_groups_from_config_yaml_across_several_sweeps(tmp
     for png in ("mutransfer.png", "mutransfer_transfer.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     # refusals, one line each: several folders and nowhere to write; an axis a completed run does not have
-    assert script.main([str(tmp_path / "depth2"), str(tmp_path / "depth8")]) == 2
-    assert "2 sweep directories: say where the report goes (--out DIR)" in capsys.readouterr().err
-    assert script.main([str(tmp_path / "depth2"), "--out", str(out), "--axis", "data.batch_size"]) == 2
-    assert "axis data.batch_size: the run in" in capsys.readouterr().err
+    done = run_script("mutransfer_report", str(tmp_path / "depth2"), str(tmp_path / "depth8"))
+    assert done.returncode == 2 and "2 sweep directories: say where the report goes (--out DIR)" in done.stderr
+    done = run_script("mutransfer_report", str(tmp_path / "depth2"), "--out", str(out), "--axis", "data.batch_size")
+    assert done.returncode == 2 and "axis data.batch_size: the run in" in done.stderr
 
 
 def depth_run(calls: list):
@@ -550,45 +550,50 @@ def test_defaults_report_finds_each_settings_optimum_and_the_defaults_gap(tmp_pa
                               "seed": seed, "val_loss": 9.0 if diverged else value,
                               "status": "diverged" if diverged else "completed"}, config)
                     n += 1
-    script = load_script("mup_defaults")
     out = tmp_path / "report"
-    assert script.main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--default", "0.08,0.5,128",
-                        "--out", str(out)]) == 0
+    done = run_script("mup_defaults", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--default", "0.08,0.5,128",
+                      "--out", str(out))
+    assert done.returncode == 0, done.stderr
     summary = json.loads((out / "defaults.json").read_text())
     a, b = summary["settings"]
     assert a["best"] == {"embedding_init_std": 0.08, "hidden_init_scale": 0.5, "output_alpha": 128.0}
     assert a["best_log2_lr"] == -6 and a["best_loss"] == pytest.approx(2.015) and a["gap"] == 0.0
     assert b["best"]["output_alpha"] == 256.0 and b["best_log2_lr"] == -7
     assert b["gap"] == pytest.approx(0.02)  # 0.01 · |2 - 4|
-    text = capsys.readouterr().out
+    text = done.stdout
     assert "0.02 0.16" in text  # the null run, as model.init_std's init: c = 0.02 · 8
     with open(out / "defaults.csv") as f:
         assert len(list(csv.DictReader(f))) == 32
-    with pytest.raises(SystemExit):
-        script.main([f"a={tmp_path / 'missing'}", "--default", "0.08,0.5,2"])
-    with pytest.raises(SystemExit):
-        script.main([f"a={tmp_path / 'a'}", "--default", "0.08,2"])
+    assert run_script("mup_defaults", f"a={tmp_path / 'missing'}", "--default", "0.08,0.5,2").returncode != 0
+    assert run_script("mup_defaults", f"a={tmp_path / 'a'}", "--default", "0.08,2").returncode != 0
 
 
 def test_optimizer_transfer_pairs_donor_and_target_grids_and_reports_shift_and_regret(tmp_path, monkeypatch, capsys):
     """scripts/optimizer_transfer.py: the target's grid is centred on the donor's seed-mean best lr (SP: three
     octaves down to one up; µP: two each way); the report finds SP's best lr two octaves lower at the target, its
     regret (the target's loss at the donor's lr minus its best), µP's zero shift, and marks a best lr on the edge."""
-    script = load_script("optimizer_transfer")
+    import mugpt.studies.optimizer_transfer as script
+    import mugpt.studies.sweep as sweep
+
     vertex = {("sp", 64): -8, ("sp", 256): -10, ("mup", 64): -6, ("mup", 256): -6}
     grids = []
 
-    def fake_sweep(name, param, width, log2_lrs, seeds, folder):
+    def fake_sweep(overrides, folder, launcher, keep_going, resume):  # the multirun's runs, written at once
+        given = dict(o.split("=", 1) for o in overrides)
+        param, width = given["parametrization"], int(given["model.width"])
+        log2_lrs = [int(e) for e in given["lr_log2"].split(",")]
+        seeds = [int(x) for x in given["seed"].split(",")]
         grids.append((param, width, list(log2_lrs)))
         for e in log2_lrs:
             for seed in seeds:
                 loss = 2.0 + 0.05 * (e - vertex[(param, width)]) ** 2 + 0.01 * seed
                 write_run(folder / f"{e}_{seed}", {"parametrization": param, "width": width, "lr": 2.0 ** e,
                                                    "seed": seed, "val_loss": loss, "status": "completed"}, None)
+        return {"returncode": 0, "finished": len(log2_lrs) * len(seeds), "expected": len(log2_lrs) * len(seeds),
+                "seconds": 0.0}
 
-    monkeypatch.setattr(script, "run_sweep", fake_sweep)
-    for param in ("sp", "mup"):
-        script.sweep_pair(tmp_path, "adamw", param, [0, 1, 2])
+    monkeypatch.setattr(sweep, "_run_multirun", fake_sweep)
+    script.run_sweeps(tmp_path, [("adamw", "sp"), ("adamw", "mup")], [0, 1, 2], jobs=1)
     assert grids[0] == ("sp", 64, list(range(-11, -3))) and grids[1] == ("sp", 256, [-11, -10, -9, -8, -7])
     assert grids[3] == ("mup", 256, [-8, -7, -6, -5, -4])
     coord = tmp_path / "coord" / "adamw"  # the coordinate check's slopes: the last step's largest block |slope|
@@ -619,7 +624,7 @@ def test_optimizer_transfer_pairs_donor_and_target_grids_and_reports_shift_and_r
 
 
 def test_optimizer_transfer_skips_a_finished_sweep_and_sets_a_partial_one_aside(tmp_path, monkeypatch):
-    script = load_script("optimizer_transfer")
+    import mugpt.studies.optimizer_transfer as script
     calls = []
     monkeypatch.setattr(script.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or
                         type("Done", (), {"returncode": 0})())
@@ -650,14 +655,14 @@ def test_optimizer_transfer_skips_a_finished_sweep_and_sets_a_partial_one_aside(
     assert "optim.lr=0.03125" in calls[-1] and "optim.adamw_lr=0.00390625" in calls[-1]
     assert "optim.adjust_lr_fn=match_rms_adamw" in calls[-1]
     with pytest.raises(SystemExit, match="--optimizers=adamx"):
-        script.main(["--optimizers", "adamx", "--out", str(tmp_path)])
+        script.optimizer_transfer(tmp_path, optimizers="adamx")
 
 
 def test_umup_defaults_sweeps_each_multiplier_alone_and_reports_the_defaults_gap(tmp_path, capsys):
     """scripts/umup_defaults.py: runs with one multiplier moved are that multiplier's slice, the default runs
     belong to every slice, a run with two moved is left out; per value the best lr on the seed-mean curve; the
     default's gap is per seed (default at its best lr − best value at its best lr)."""
-    script = load_script("umup_defaults")
+    import mugpt.studies.umup_defaults as script
     best_log2 = {"residual_mult": 1.0}  # residual_mult's optimum is 2; every other multiplier's is the default 1
 
     def loss(mults, e, seed):
@@ -680,7 +685,7 @@ def test_umup_defaults_sweeps_each_multiplier_alone_and_reports_the_defaults_gap
                 write_run(tmp_path / "sweep" / str(n), {"parametrization": "umup", "width": 64, "lr": 2.0 ** e,
                           "seed": seed, "val_loss": val, "status": "completed"}, config)
                 n += 1
-    assert script.main([str(tmp_path / "sweep"), "--out", str(tmp_path / "out")]) == 0
+    assert script.umup_defaults([str(tmp_path / "sweep")], tmp_path / "out") == 0
     result = json.loads((tmp_path / "out" / "umup_defaults.json").read_text())
     assert set(result) == set(script.MULTIPLIERS)  # the default runs alone make the unswept ones' slices
     res = result["residual_mult"]
@@ -695,7 +700,7 @@ def test_umup_defaults_sweeps_each_multiplier_alone_and_reports_the_defaults_gap
     assert "| residual_mult |" in text and "9.000" not in text  # the two-moved runs are in no slice
     assert (tmp_path / "out" / "umup_defaults.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="no summary.json|not found"):
-        script.main([str(tmp_path / "missing")])
+        script.umup_defaults([str(tmp_path / "missing")])
 
 
 def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_path, capsys):
@@ -704,7 +709,7 @@ def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_pat
     The seed noise is common to both (paired), so the gap's CI is 0 where the curves differ by a constant; a failed
     run is counted and left out of its lr's gap; the per-width table finds each sweep's best lr and the cost at
     BASE's."""
-    script = load_script("compare_sweeps")
+    from mugpt.studies.compare_sweeps import compare_sweeps
 
     def loss(vertex, e, seed):
         return 2.0 + 0.05 * (e - vertex) ** 2 + 0.03 * seed
@@ -722,8 +727,8 @@ def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_pat
                 write_run(tmp_path / ("other2" if param == "mup" else "other") / f"{param}{e}_{seed}", other, None)
     write_run(tmp_path / "other2" / "sp_wide", {"parametrization": "sp", "width": 512, "lr": 0.01, "seed": 0,
                                                 "val_loss": 2.0, "status": "completed"}, None)  # not in BASE: left out
-    assert script.main([str(tmp_path / "base"), f"{tmp_path / 'other'},{tmp_path / 'other2'}", "--labels", "bf16,fp8",
-                        "--out", str(tmp_path / "out")]) == 0
+    assert compare_sweeps([tmp_path / "base"], [tmp_path / "other", tmp_path / "other2"], ("bf16", "fp8"),
+                          tmp_path / "out") == 0
     result = json.loads((tmp_path / "out" / "compare.json").read_text())
     gaps = {(g["series"], g["width"], g["log2_lr"]): g["gap"] for g in result["gaps"]}
     assert len(gaps) == 12 and ("sp", 512, math.log2(0.01)) not in gaps
@@ -741,6 +746,5 @@ def test_compare_sweeps_pairs_seeds_and_reports_the_gap_and_each_best_lr(tmp_pat
     text = capsys.readouterr().out
     assert "| mup | 256 | −6 | −5 |" in text and "| fp8 − bf16 at bf16's lr |" in text
     assert (tmp_path / "out" / "compare.png").stat().st_size > 0
-    with pytest.raises(SystemExit):
-        script.main([str(tmp_path / "base"), str(tmp_path / "nowhere")])
-    assert f"sweep folder not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    done = run_script("compare_sweeps", str(tmp_path / "base"), str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and f"sweep folder not found: {tmp_path / 'nowhere'}" in done.stderr

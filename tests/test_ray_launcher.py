@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, load_script, run_train_cli
+from conftest import CONF_DIR, run_train_cli
 from mugpt.runtime import MALLOC_SETTINGS
 
 # conf/hydra/launcher/ray.yaml takes the plugin's config name, which Hydra answers with a deprecation warning
@@ -245,8 +245,10 @@ def test_a_sweep_on_a_running_cluster_survives_a_failed_and_a_diverged_job(ray_c
 
 @pytest.fixture
 def optimizer_transfer(monkeypatch):
-    """The script with its sweeps recorded instead of run: (module, [(command, environment)], [pool sizes])."""
-    script = load_script("optimizer_transfer")
+    """The study with its sweeps recorded instead of run: (module, [(command, environment)], [pool sizes])."""
+    import mugpt.studies.optimizer_transfer as script
+    import mugpt.studies.sweep as sweep
+
     commands, pools = [], []
 
     def record(cmd, **kwargs):
@@ -264,11 +266,11 @@ def optimizer_transfer(monkeypatch):
             return False
 
         def submit(self, fn, *args):
-            fn(*args)
-            return type("Done", (), {"result": lambda self: None})()
+            value = fn(*args)
+            return type("Done", (), {"result": lambda self: value})()
 
-    monkeypatch.setattr(script.subprocess, "run", record)
-    monkeypatch.setattr(script, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(sweep.subprocess, "run", record)
+    monkeypatch.setattr(sweep, "ThreadPoolExecutor", Pool)
     monkeypatch.setattr(script, "donor_best_log2", lambda folder: -8)
     return script, commands, pools
 
@@ -277,11 +279,11 @@ def test_optimizer_transfer_runs_every_sweep_under_the_launcher_given(optimizer_
     script, commands, pools = optimizer_transfer
     monkeypatch.setitem(script.LAUNCHER_PLUGINS, "ray", ("json", "ray"))  # as if the ray extra were installed
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    script.main(["--launcher", "ray", "--stage", "sweep", "--optimizers", "adamw", "--parametrizations", "sp",
-                 "--seeds", "0", "--set", "hydra.launcher.ray.remote.num_gpus=0.25", "--out", str(tmp_path)])
+    script.optimizer_transfer(tmp_path, "sweep", "adamw", "sp", "0", launcher="ray",
+                              extra=["hydra.launcher.ray.remote.num_gpus=0.25"])
     assert pools == [1]  # one sweep at a time: each one's jobs fill the machine
     assert [c[-4:] for c, _ in commands] == [
-        ["logger=none", "hydra/launcher=ray", "hydra.launcher.ray.remote.num_gpus=0.25",
+        ["logger=none", "hydra.launcher.ray.remote.num_gpus=0.25", "hydra/launcher=ray",
          f"hydra.sweep.dir={tmp_path / width / 'adamw_sp'}"] for width in ("donor", "target")]
     assert [env["OMP_NUM_THREADS"] for _, env in commands] == ["3", "3"]  # the launcher's to set, not forced to 1
 
@@ -289,8 +291,7 @@ def test_optimizer_transfer_runs_every_sweep_under_the_launcher_given(optimizer_
 def test_optimizer_transfer_without_a_launcher_keeps_one_thread_per_job(optimizer_transfer, tmp_path, monkeypatch):
     script, commands, pools = optimizer_transfer
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    script.main(["--stage", "sweep", "--optimizers", "adamw", "--parametrizations", "sp", "--seeds", "0",
-                 "--out", str(tmp_path)])
+    script.optimizer_transfer(tmp_path, "sweep", "adamw", "sp", "0")
     assert pools == [2]
     assert not any(a.startswith("hydra/launcher") for c, _ in commands for a in c)
     assert [env["OMP_NUM_THREADS"] for _, env in commands] == ["1", "1"]
@@ -299,15 +300,14 @@ def test_optimizer_transfer_without_a_launcher_keeps_one_thread_per_job(optimize
 def test_optimizer_transfer_refuses_ray_sweeps_that_would_share_one_machine(optimizer_transfer, tmp_path,
                                                                              monkeypatch):
     script, commands, pools = optimizer_transfer
-    args = ["--launcher", "ray", "--stage", "sweep", "--optimizers", "adamw", "--parametrizations", "sp",
-            "--seeds", "0", "--out", str(tmp_path)]
+    args = dict(out=tmp_path, stage="sweep", optimizers="adamw", parametrizations="sp", seeds="0", launcher="ray")
     monkeypatch.setitem(script.LAUNCHER_PLUGINS, "ray", ("hydra_plugins.no_such_launcher", "ray"))
     with pytest.raises(SystemExit, match=r'^error: --launcher=ray needs the ray extra: pip install -e "\.\[ray\]"$'):
-        script.main(args)
+        script.optimizer_transfer(**args)
     monkeypatch.setitem(script.LAUNCHER_PLUGINS, "ray", ("json", "ray"))
     with pytest.raises(SystemExit, match="^error: --jobs=2 with --launcher=ray: each sweep would start a Ray of its "
                                          "own on this machine"):
-        script.main([*args, "--jobs", "2"])
+        script.optimizer_transfer(**args, jobs=2)
     assert commands == [] and pools == []  # refused before any sweep
-    script.main([*args, "--jobs", "2", "--set", "hydra.launcher.ray.init.address=auto"])  # one cluster: shared
+    script.optimizer_transfer(**args, jobs=2, extra=["hydra.launcher.ray.init.address=auto"])  # one cluster: shared
     assert pools == [2] and len(commands) == 2

@@ -119,16 +119,13 @@ def test_mups_options_are_still_ignored_under_sp():
 
 
 def test_fair_rivals_reads_sp_and_mup_from_the_optimizer_sweep_and_refuses_unknown_rivals(monkeypatch):
-    """scripts/fair_rivals.py: SP's and µP's AdamW rows are optimizer_transfer's (8 donor lrs + 5 target lrs ×
+    """scripts/fair_rivals.py's study: SP's and µP's AdamW rows are optimizer_transfer's (8 donor lrs + 5 target lrs ×
     3 seeds, its donor best 2^-7 and 2^-6), nothing is run for them, and an unknown rival is refused in one line."""
-    from conftest import ROOT, load_script
-
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    script = load_script("fair_rivals")
+    import mugpt.studies.fair_rivals as script
     for name, best in (("sp", -7), ("mup", -6)):
         rows, info = script.run_rival(name)
         assert len(rows) == 39 and info["tuning_runs"] == 24 and info["new_runs"] == 0
         a = script.analyse(rows)[name]
         assert math.log2(a["donor_lr"]) == best
     with pytest.raises(SystemExit, match=r"^error: rivals sp,spp: unknown 'spp' \(choose from sp, sp_width"):
-        script.main(["sp,spp"])
+        script.fair_rivals(["sp", "spp"])

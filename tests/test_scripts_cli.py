@@ -1,7 +1,8 @@
 """One rule for command lines: the scripts that launch training runs take Hydra's key=value overrides, honour
 hydra.run.dir and refuse a bad option in one line (`error: KEY=VALUE: why`, exit 1) before any run trains.
 
-scripts/compare_optimizers.py in-process (its options, the runs they compose, a tiny comparison end to end), and
+scripts/compare_optimizers.py's study in-process (mugpt.studies.compare_optimizers: its options, the runs they
+compose, a tiny comparison end to end), and
 both it and scripts/loss_by_frequency.py as a user runs them (subprocesses, `slow`). loss_by_frequency.py's
 options in-process are in test_diagnostics.py."""
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_script, load_script
+from conftest import compose_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -24,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def compare():
-    return load_script("compare_optimizers")
+    import mugpt.studies.compare_optimizers as compare
+
+    return compare
 
 
 # ------------------------------------------------------------------------ compare_optimizers in-process

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, load_script, run_train_cli
+from conftest import ROOT, run_script, run_train_cli
 from mugpt.errors import ConfigError
 from mugpt.training.run import NAME_LIMIT, check_loggers, launch_name, load_env, short_name, swept_keys
 from mugpt.training.train import train
@@ -201,9 +201,8 @@ def test_the_pipeline_and_its_report_share_a_group_and_log_the_curves(tmp_path, 
     assert target["loss_mean"] == pytest.approx(runs["target-lr2^-6"].summary["val/loss"]["last"])
 
     # the report script on the same folder, from another folder: the same group, every run in its curves
-    monkeypatch.chdir(ROOT)
-    script = load_script("mutransfer_report")
-    assert script.main([str(out), "--out", str(tmp_path / "report"), "--wandb"]) == 0
+    done = run_script("mutransfer_report", str(out), "--out", str(tmp_path / "report"), "--wandb")
+    assert done.returncode == 0, done.stderr
     [again] = find_runs(tmp_path / "report")
     assert (again.name, again.group, again.job_type) == (f"report-{group}", group, "report")
     assert chart_lines(again, "loss_vs_log2_lr/mup") == {"width 32", "width 64"}

@@ -229,9 +229,95 @@ def sample_text(run: LoadedRun, prompt: str, max_new_tokens: int, temperature: f
     return [run.tokenizer.decode(row[start:].tolist()) for row in out]
 
 
-# ------------------------------------------------------------------------------------ script options
-def typed_option(cfg: DictConfig, name: str, kind: type, nullable: bool = False) -> Any:
-    """A script option read as mugpt.config.script_option reads it; a missing checkpoint option says what to give."""
-    if OmegaConf.is_missing(cfg, name):
-        raise ValueError(f"{name} is required: {name}=RUN_DIR (a training run's output directory) or {name}=FILE.ckpt")
-    return script_option(cfg, name, kind, nullable=nullable)
+# ------------------------------------------------------------------------------------ the two commands
+CKPT_REQUIRED = "{0}=RUN_DIR (a training run's output directory) or {0}=FILE.ckpt"
+
+
+def option(cfg: DictConfig, name: str, kind: type, nullable: bool = False, positive: bool = False) -> Any:
+    """A script option read by mugpt.config.script_option; a missing checkpoint option says what to give."""
+    return script_option(cfg, name, kind, nullable=nullable, positive=positive, required=CKPT_REQUIRED.format(name))
+
+
+def read_sample_options(cfg: DictConfig) -> dict[str, Any]:
+    """conf/sample.yaml's options, typed and checked: every refusal here comes before a checkpoint is read."""
+    opts = {"ckpt": option(cfg, "ckpt", str), "prompt": option(cfg, "prompt", str),
+            "max_new_tokens": option(cfg, "max_new_tokens", int), "temperature": option(cfg, "temperature", float),
+            "top_k": option(cfg, "top_k", int, nullable=True), "seed": option(cfg, "seed", int),
+            "num_samples": option(cfg, "num_samples", int), "device": option(cfg, "device", str)}
+    check_sampling(opts["max_new_tokens"], opts["temperature"], opts["top_k"], opts["num_samples"])
+    check_device(opts["device"])
+    resolve_checkpoint(opts["ckpt"])  # the path exists and holds a checkpoint; reading it is load_run's
+    return opts
+
+
+def sample_command(cfg: DictConfig) -> list[str]:
+    """scripts/sample.py without Hydra's entry point (tests call it with a composed config): the samples printed
+    and kept in OUTPUT_DIR/samples.txt; a bad option exits with one line naming it, before a model is loaded."""
+    import sys
+
+    try:
+        opts = read_sample_options(cfg)
+        run = load_run(opts["ckpt"], opts["device"])
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    print(f"loaded {run.ckpt} ({run.description}, {run.tokenizer.name} tokens) on {run.device}", file=sys.stderr)
+    texts = sample_text(run, opts["prompt"], opts["max_new_tokens"], opts["temperature"], opts["top_k"],
+                        opts["seed"], opts["num_samples"])
+    printed = []
+    for i, text in enumerate(texts):
+        printed.append(f"---------- sample {i + 1}/{len(texts)}\n{text}" if len(texts) > 1 else text)
+    print("\n".join(printed))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "samples.txt").write_text("\n".join(printed) + "\n", encoding="utf-8")
+    return texts
+
+
+def read_landscape_options(cfg: DictConfig) -> dict[str, Any]:
+    """conf/loss_landscape.yaml's options, typed and checked: every refusal here comes before a checkpoint is
+    read."""
+    from mugpt.studies.landscape import check_options
+
+    opts = {"ckpt": option(cfg, "ckpt", str), "ckpt2": option(cfg, "ckpt2", str, nullable=True),
+            "resolution": option(cfg, "resolution", int), "span": option(cfg, "span", float),
+            "batches": option(cfg, "batches", int), "seed": option(cfg, "seed", int),
+            "out": option(cfg, "out", str, nullable=True), "device": option(cfg, "device", str),
+            "threads": option(cfg, "threads", int, nullable=True, positive=True)}
+    check_options(opts["resolution"], opts["span"], opts["batches"])
+    check_device(opts["device"])
+    for name in ("ckpt", "ckpt2"):  # both paths exist and hold a checkpoint before the first is read
+        try:
+            if opts[name]:
+                resolve_checkpoint(opts[name])
+        except ValueError as exc:  # its message names ckpt=; say which of the two
+            raise ValueError(f"{name}={str(exc).removeprefix('ckpt=')}") from None
+    return opts
+
+
+def landscape_command(cfg: DictConfig) -> dict[str, Path]:
+    """scripts/loss_landscape.py without Hydra's entry point (tests call it with a composed config): the 1-D and
+    2-D landscapes of one or two runs, written and summarised; a bad option exits with one line naming it, before
+    the first evaluation."""
+    import sys
+
+    from mugpt.studies.landscape import compute_landscape, format_summary, write_landscape
+
+    try:
+        opts = read_landscape_options(cfg)
+        runs = [load_run(c, opts["device"]) for c in (opts["ckpt"], opts["ckpt2"]) if c]
+        for run in runs:
+            _ = run.data_config  # the validation data comes from config.yaml beside the checkpoint: raises if absent
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    out = Path(opts["out"]) if opts["out"] else runs[0].run_dir / "landscape"
+    results = []
+    for run in runs:
+        print(f"{run.label} ({run.description}) on {run.device}: {opts['resolution']} + {opts['resolution']}^2 "
+              f"points x {opts['batches']} batches ...", flush=True)
+        results.append(compute_landscape(run, opts["resolution"], opts["span"], opts["batches"], opts["seed"]))
+    paths = write_landscape(results, out)
+    print(format_summary(results))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return paths
