@@ -573,7 +573,7 @@ def test_optimizer_transfer_pairs_donor_and_target_grids_and_reports_shift_and_r
     octaves down to one up; µP: two each way); the report finds SP's best lr two octaves lower at the target, its
     regret (the target's loss at the donor's lr minus its best), µP's zero shift, and marks a best lr on the edge."""
     import mugpt.studies.optimizer_transfer as script
-    import mugpt.studies.sweep as sweep
+    import mugpt.studies.grid as grid
 
     vertex = {("sp", 64): -8, ("sp", 256): -10, ("mup", 64): -6, ("mup", 256): -6}
     grids = []
@@ -592,7 +592,7 @@ def test_optimizer_transfer_pairs_donor_and_target_grids_and_reports_shift_and_r
         return {"returncode": 0, "finished": len(log2_lrs) * len(seeds), "expected": len(log2_lrs) * len(seeds),
                 "seconds": 0.0}
 
-    monkeypatch.setattr(sweep, "_run_multirun", fake_sweep)
+    monkeypatch.setattr(grid, "_run_multirun", fake_sweep)
     script.run_sweeps(tmp_path, [("adamw", "sp"), ("adamw", "mup")], [0, 1, 2], jobs=1)
     assert grids[0] == ("sp", 64, list(range(-11, -3))) and grids[1] == ("sp", 256, [-11, -10, -9, -8, -7])
     assert grids[3] == ("mup", 256, [-8, -7, -6, -5, -4])

@@ -247,7 +247,7 @@ def test_a_sweep_on_a_running_cluster_survives_a_failed_and_a_diverged_job(ray_c
 def optimizer_transfer(monkeypatch):
     """The study with its sweeps recorded instead of run: (module, [(command, environment)], [pool sizes])."""
     import mugpt.studies.optimizer_transfer as script
-    import mugpt.studies.sweep as sweep
+    import mugpt.studies.grid as grid
 
     commands, pools = [], []
 
@@ -269,8 +269,8 @@ def optimizer_transfer(monkeypatch):
             value = fn(*args)
             return type("Done", (), {"result": lambda self: value})()
 
-    monkeypatch.setattr(sweep.subprocess, "run", record)
-    monkeypatch.setattr(sweep, "ThreadPoolExecutor", Pool)
+    monkeypatch.setattr(grid.subprocess, "run", record)
+    monkeypatch.setattr(grid, "ThreadPoolExecutor", Pool)
     monkeypatch.setattr(script, "donor_best_log2", lambda folder: -8)
     return script, commands, pools
 

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from mugpt.config import compose_training_config, script_option
-from mugpt.studies.sweep import run_grid
+from mugpt.studies.grid import run_grid
 
 ZOO = ("adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon")
 log = logging.getLogger("compare_optimizers")

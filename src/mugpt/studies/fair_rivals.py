@@ -1,5 +1,5 @@
 """Does µP beat the best SP? (scripts/fair_rivals.py is its command line and says what it runs): each rival's donor
-and target sweeps (through `mugpt.studies.sweep.run_grid`), SP's and µP's read from optimizer_transfer's csv, and
+and target sweeps (through `mugpt.studies.grid.run_grid`), SP's and µP's read from optimizer_transfer's csv, and
 the report.
 """
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mugpt.studies.grid import ROOT, run_grid
 from mugpt.studies.optimizer_transfer import DONOR_WIDTH, TARGET_OFFSETS, TARGET_WIDTH
-from mugpt.studies.sweep import ROOT, run_grid
 from mugpt.studies.transfer import analyse, format_ci, format_sd, plot, read_summaries, write_csv
 
 RUNS = Path("/work/sweeps/fair_rivals")  # runs outside the tree

@@ -1,6 +1,6 @@
 """µTransfer for every optimizer of the zoo, SP against µP, with error bars over seeds (scripts/optimizer_transfer.py
 is its command line, and says what it runs and writes): the optimizers' grids, the paired donor and target sweeps
-(through `mugpt.studies.sweep.run_grid`), the coordinate check per optimizer, and the report.
+(through `mugpt.studies.grid.run_grid`), the coordinate check per optimizer, and the report.
 """
 
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.studies.sweep import ROOT, finished_runs, run_grid
+from mugpt.studies.grid import ROOT, finished_runs, run_grid
 from mugpt.studies.transfer import analyse, format_ci, format_sd, read_summaries, write_csv
 
 DONOR_WIDTH, TARGET_WIDTH = 64, 256

@@ -1,6 +1,6 @@
 """µTransfer in one command (scripts/mutransfer.py is its command line, conf/mutransfer.yaml its options, and its
 docstring says what it runs and writes): each run composed inside the script's Hydra app, the runs' W&B identity
-(group, role, name), the stage runner (in turn, or side by side on Ray through `mugpt.studies.sweep.run_grid`),
+(group, role, name), the stage runner (in turn, or side by side on Ray through `mugpt.studies.grid.run_grid`),
 and the report.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.studies.sweep import ray_launcher_settings, run_grid
+from mugpt.studies.grid import ray_launcher_settings, run_grid
 from mugpt.studies.transfer import (
     chosen_settings,
     format_pipeline,
@@ -99,7 +99,7 @@ def wandb_identity(cfg: DictConfig) -> tuple[Callable[[list[str], Path], tuple[s
 
 
 def stage_runner(cfg: DictConfig, identity) -> Callable | None:
-    """launcher=ray: each stage's runs side by side as Ray tasks (studies.sweep.run_grid, the studies' one grid
+    """launcher=ray: each stage's runs side by side as Ray tasks (studies.grid.run_grid, the studies' one grid
     runner); null: in turn here."""
     if cfg.launcher is None:
         return None

@@ -25,6 +25,7 @@ from mugpt.core.model import GPT, GPTConfig
 from mugpt.core.optim import check_optimizer, check_schedule, mup_family
 from mugpt.core.parametrization import get_parametrization
 from mugpt.errors import ConfigError, refusing_input
+from mugpt.rundir import config_path
 from mugpt.training.callbacks import (
     DivergenceGuard,
     MemoryReport,
@@ -303,7 +304,7 @@ def start_run(cfg: DictConfig, run: Run) -> None:
     torch.set_float32_matmul_precision(cfg.precision.matmul)
     L.seed_everything(cfg.seed, workers=True)
     if run.is_main:
-        OmegaConf.save(cfg, run.output_dir / "config.yaml", resolve=True)
+        OmegaConf.save(cfg, config_path(run.output_dir), resolve=True)
     if cfg.compile.mode:
         torch._dynamo.reset()  # a multirun job must not inherit the previous job's compile caches
         import torch._inductor.config as inductor
