@@ -572,8 +572,8 @@ def test_optimizer_transfer_pairs_donor_and_target_grids_and_reports_shift_and_r
     """scripts/optimizer_transfer.py: the target's grid is centred on the donor's seed-mean best lr (SP: three
     octaves down to one up; µP: two each way); the report finds SP's best lr two octaves lower at the target, its
     regret (the target's loss at the donor's lr minus its best), µP's zero shift, and marks a best lr on the edge."""
-    import mugpt.studies.optimizer_transfer as script
     import mugpt.studies.grid as grid
+    import mugpt.studies.optimizer_transfer as script
 
     vertex = {("sp", 64): -8, ("sp", 256): -10, ("mup", 64): -6, ("mup", 256): -6}
     grids = []

@@ -246,8 +246,8 @@ def test_a_sweep_on_a_running_cluster_survives_a_failed_and_a_diverged_job(ray_c
 @pytest.fixture
 def optimizer_transfer(monkeypatch):
     """The study with its sweeps recorded instead of run: (module, [(command, environment)], [pool sizes])."""
-    import mugpt.studies.optimizer_transfer as script
     import mugpt.studies.grid as grid
+    import mugpt.studies.optimizer_transfer as script
 
     commands, pools = [], []
 
