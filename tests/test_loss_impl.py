@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from conftest import run_if
 from mugpt.core.model import GPTConfig
-from mugpt.core.parametrization import get_parametrization
+from mugpt.core.parametrization import GPT2_INIT, get_parametrization
 from mugpt.training.train import train
 
 V = 300  # not a multiple of 64: padded to 320, the padding columns must not change the loss either
@@ -17,7 +17,8 @@ V = 300  # not a multiple of 64: padded to 320, the padding columns must not cha
 
 def build(parametrization: str, tie: bool, loss_impl: str, **kw):
     torch.manual_seed(0)
-    options = {"name": parametrization, **({"base_width": 32, "output_mult": 2.0} if parametrization == "mup" else {})}
+    options = {"name": parametrization,
+               **({"base_width": 32, **GPT2_INIT, "output_mult": 2.0} if parametrization == "mup" else {})}
     config = GPTConfig(**{"vocab_size": V, "block_size": 16, "width": 64, "n_layer": 2, "n_head": 4,
                           "tie_embeddings": tie, "loss_impl": loss_impl, **kw})
     return get_parametrization(options).build_model(config)
