@@ -43,8 +43,8 @@ from mugpt.core.parametrization.umup import UnitScaledParametrization, UnitScali
 __all__ = ["BLOCKS", "DEPTH_FAMILIES", "EMBEDDING_TABLES", "GPT2_INIT", "KINDS", "MUP_FAMILIES", "PARAMETRIZATIONS",
            "READOUT", "MaximalUpdateParametrization", "Parametrization", "Readout", "SharedReadout",
            "StandardParametrization", "UnitScaledParametrization", "UnitScalingTag", "get_parametrization",
-           "labels", "param_kind", "parametrization_class", "record_shapes", "register_parametrization", "sweep_offsets",
-           "titles", "_CachedWidthMult", "_group", "_named_unique_parameters"]
+           "labels", "param_kind", "parametrization_class", "record_shapes", "register_parametrization",
+           "sweep_offsets", "titles", "_CachedWidthMult", "_group", "_named_unique_parameters"]
 
 PARAMETRIZATIONS: dict[str, type[Parametrization]] = {}
 
