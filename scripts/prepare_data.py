@@ -8,7 +8,7 @@ Config: conf/prepare_data.yaml.
         output=shards/fineweb workers=8
     python src/train.py data=shards data.path=shards/corpus
 
-Killed part-way, the same command continues: finished groups are kept. See mugpt.data.shards.
+Killed part-way, the same command continues: finished groups are kept. See mugpt.data.prepare_shards.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mugpt.data.shards import PrepareOptions, prepare
+from mugpt.data.prepare_shards import PrepareOptions, prepare
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare_data")

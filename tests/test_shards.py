@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from conftest import ROOT, run_train_cli
-from mugpt.data import shards
-from mugpt.data.shards import PrepareOptions, prepare, preparing
+from mugpt.data import prepare_shards, shards
+from mugpt.data.prepare_shards import PrepareOptions, prepare, preparing
 from mugpt.data.text import shakespeare_text
 from mugpt.errors import ConfigError
 from mugpt.training.train import train
@@ -93,7 +93,7 @@ def test_files_folder_glob_and_workers_give_identical_shards(corpus, prepared, t
 
 def test_a_preparation_killed_by_an_error_resumes_to_the_same_result(corpus, prepared, tmp_path, monkeypatch):
     """An exception after 3 groups (as a kill would leave it): the re-run keeps those 3 and gives the same shards."""
-    real, calls = shards._tokenize_group, []
+    real, calls = prepare_shards._tokenize_group, []
 
     def failing(args):
         calls.append(args[1].index)
@@ -102,12 +102,12 @@ def test_a_preparation_killed_by_an_error_resumes_to_the_same_result(corpus, pre
         return real(args)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(shards, "_tokenize_group", failing)
+    monkeypatch.setattr(prepare_shards, "_tokenize_group", failing)
     with pytest.raises(KeyboardInterrupt):
         prepare(PrepareOptions(input=str(corpus), output=str(out), **SMALL))
     assert not (out / "manifest.json").exists() and len(list((out / ".prepare" / "groups").glob("*.npy"))) == 3
     calls.clear()
-    monkeypatch.setattr(shards, "_tokenize_group", lambda args: (calls.append(args[1].index), real(args))[1])
+    monkeypatch.setattr(prepare_shards, "_tokenize_group", lambda args: (calls.append(args[1].index), real(args))[1])
     m = prepare(PrepareOptions(input=str(corpus), output=str(out), **SMALL))
     assert calls[0] == 3  # groups 0-2 were kept
     assert m == json.loads((prepared / "manifest.json").read_text()) | {"identity": m["identity"]}

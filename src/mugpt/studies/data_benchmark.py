@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 PREPARE_CHILD = """
 import json, resource, sys, time
-from mugpt.data.shards import PrepareOptions, prepare
+from mugpt.data.prepare_shards import PrepareOptions, prepare
 t = time.perf_counter()
 m = prepare(PrepareOptions(input=sys.argv[1], output=sys.argv[2], workers=int(sys.argv[3]), progress=False))
 wall = time.perf_counter() - t
