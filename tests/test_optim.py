@@ -14,14 +14,12 @@ from mugpt.core.optim import (
     MuonWithAdamW,
     _adam8bit_backend,
     build_optimizer,
-    build_scheduler,
     check_optimizer,
-    check_schedule,
-    lr_factor,
     mup_family,
     optimizer_state_bytes,
 )
 from mugpt.core.parametrization import MaximalUpdateParametrization, get_parametrization
+from mugpt.core.schedule import build_scheduler, check_schedule, lr_factor
 
 
 def sched(**kw):

@@ -23,8 +23,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from mugpt.core.model import GPT, GPTConfig
-from mugpt.core.optim import batch_lr_factor, build_optimizer, build_scheduler, clip_gradients_, mup_family
+from mugpt.core.optim import build_optimizer, clip_gradients_, mup_family
 from mugpt.core.parametrization import get_parametrization
+from mugpt.core.schedule import batch_lr_factor, build_scheduler
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

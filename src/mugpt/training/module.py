@@ -13,8 +13,9 @@ import torch
 from torchmetrics import MeanMetric
 
 from mugpt.core.model import GPT, GPTConfig
-from mugpt.core.optim import clip_gradients_, lr_factor
+from mugpt.core.optim import clip_gradients_
 from mugpt.core.recipe import Recipe, plain_dict
+from mugpt.core.schedule import lr_factor
 
 
 class GPTLightningModule(L.LightningModule):

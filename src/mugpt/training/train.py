@@ -22,8 +22,9 @@ from lightning.pytorch.callbacks import DeviceStatsMonitor, LearningRateMonitor,
 from omegaconf import DictConfig, OmegaConf
 
 from mugpt.core.model import GPT, GPTConfig
-from mugpt.core.optim import check_optimizer, check_schedule, mup_family
+from mugpt.core.optim import check_optimizer, mup_family
 from mugpt.core.parametrization import get_parametrization
+from mugpt.core.schedule import check_schedule
 from mugpt.errors import ConfigError, refusing_input
 from mugpt.rundir import config_path
 from mugpt.training.callbacks import (
