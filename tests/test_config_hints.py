@@ -3,7 +3,7 @@ existing names (mugpt.config.check_overrides, as src/train.py calls it before Hy
 
 import pytest
 
-from conftest import run_train_cli
+from conftest import CONF_DIR, run_train_cli
 from mugpt.config import check_overrides
 from mugpt.errors import ConfigError
 
@@ -72,6 +72,7 @@ def test_nothing_close_means_no_suggestion():
     assert hint("optim.lr=abc") is None  # a type error, not a misspelling
 
 
+@pytest.mark.slow  # a train.py process; the same refusal in-process: the tests above, test_sweep.py
 def test_train_cli_refuses_a_misspelt_key_in_one_line(tmp_path, cache_dir):
     proc = run_train_cli(["model.widht=128", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path,
                          cache_dir, timeout=300)
@@ -81,6 +82,27 @@ def test_train_cli_refuses_a_misspelt_key_in_one_line(tmp_path, cache_dir):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_groups_offer_the_options_not_the_typed_schemas():
+    """What --help lists under each group, read from Hydra's config loader in this process: the optimizers' and
+    parametrizations' typed schemas compose (as top-level configs) but are no option of their groups."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mugpt.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        optims, params = loader.get_group_options("optim"), loader.get_group_options("parametrization")
+        assert {"adamw", "muon", "sgd"} <= set(optims) and {"mup", "sp", "umup"} <= set(params)
+        assert not [name for name in optims + params if "schema" in name]
+        assert {"schema_optim_muon", "schema_parametrization_mup"} <= set(loader.get_group_options(""))
+    with pytest.raises(ConfigError, match="optim.lr"):  # the schemas still type what composes
+        check_overrides(["optim=muon", "optim.lr=abc"])
+
+
+@pytest.mark.slow  # a train.py process; the groups it lists are read in-process above
 def test_help_lists_the_options_not_the_typed_schemas(tmp_path, cache_dir):
     """`--help` lists what a user can choose: the optimizers' and parametrizations' typed schemas compose (as
     top-level configs) but are no option of their groups."""

@@ -102,6 +102,7 @@ def test_the_progress_line_counts_the_jobs_that_ended_and_the_time_left(tmp_path
                     "1 failed, 1 diverged | about 2m00s left")
 
 
+@pytest.mark.slow  # a whole train.py multirun; its parts are checked in-process above
 def test_a_multirun_prints_progress_and_ends_with_its_answer(tmp_path, cache_dir):
     """Two widths at two rates: each job's progress line, then the answer (a two-point grid's best is always at
     an edge, so the warning must be there) printed and written into the sweep folder."""
@@ -124,6 +125,27 @@ def test_a_multirun_prints_progress_and_ends_with_its_answer(tmp_path, cache_dir
         assert entry["best_loss"] == best  # the answer is the best job's own loss
 
 
+def test_a_refused_launch_is_refused_before_any_folder_is_written(tmp_path, monkeypatch):
+    """The checks train.py makes before Hydra starts, in this process: a misspelt key, a bad value and a sweep
+    with a bad job are each refused in one line, and the working folder (an earlier run's outputs) is left as it
+    was. The same through the command line, and a refusal inside the run, is the slow test below."""
+    (tmp_path / "outputs" / "earlier").mkdir(parents=True)
+    (tmp_path / "outputs" / "earlier" / "summary.json").write_text("{}")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    for args, message in [
+        (["model.widht=64"], "did you mean model.width?"),
+        (["model.width=65"], "model.width=65 is not divisible by model.n_head=4"),
+        (["-m", "model.width=64,65"], "job 2 of 2 (model.width=65) is refused"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            check_launch(args)
+        assert message in str(refused.value) and "\n" not in str(refused.value), args
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, args
+    assert not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.slow  # four train.py processes; check_launch's refusals are checked in-process above
 def test_a_refused_command_leaves_the_outputs_folder_as_it_was(make_cfg, tmp_path, cache_dir):
     """Refused before Hydra starts (a misspelt key, a bad value, a sweep with a bad job) or inside the run (a
     checkpoint of another model to resume): no new folder under outputs/, an earlier run's folder untouched."""

@@ -328,6 +328,7 @@ def test_fsdp_shards_the_unit_scaled_blocks():
     assert UnitScaledBlock in block_classes()
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch; u-µP's refusals in-process: the tests above
 def test_without_unit_scaling_sp_and_mup_run_and_umup_is_refused_in_one_line():
     """A fresh interpreter in which `import unit_scaling` fails: the project imports, SP and µP build, train a
     step and shard as before, and parametrization=umup is an ImportError naming the extra."""
