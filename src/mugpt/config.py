@@ -1,11 +1,12 @@
 """Typed schemas for the config groups whose types matter: the schedule, every optimizer, the data.
 
 Each conf/optim/NAME.yaml starts from `schema_optim_NAME` (the schema its declaration in mugpt.core.optim names)
-and each conf/data/*.yaml from `data/schema`, so Hydra checks types when it composes: `optim.lr=abc` or
-`+optim.betas2=1` fails there, with the key named, before anything is built. Values (ranges, cross-field rules) are
-checked later by `mugpt.core.optim.check_*` and the DataModule. The schedule keys live once, in `ScheduleConfig`,
-which every optimizer's schema extends. conf/parametrization/mup.yaml starts from `schema_parametrization_mup`,
-made from MaximalUpdateParametrization's keyword arguments: µP's defaults have one home, in Python.
+and each conf/data/*.yaml from `schema_data` (shards: `schema_data_shards`), so Hydra checks types when it
+composes: `optim.lr=abc` or `+optim.betas2=1` fails there, with the key named, before anything is built. Values
+(ranges, cross-field rules) are checked later by `mugpt.core.optim.check_*` and the DataModule. The schedule keys
+live once, in `ScheduleConfig`, which every optimizer's schema extends. conf/parametrization/mup.yaml starts from
+`schema_parametrization_mup`, made from MaximalUpdateParametrization's keyword arguments: µP's defaults have one
+home, in Python.
 
 Hydra finds these schemas in its ConfigStore, and `${pow2:...}` in OmegaConf's resolvers: every entry point that
 composes the project's configs calls `register_configs()` first (src/train.py, the scripts, the tests' compose
@@ -192,14 +193,15 @@ def register_configs() -> None:
     from mugpt.core.parametrization import PARAMETRIZATIONS
 
     # The schemas are stored at the top level, not as options of their groups, so that `--help` lists only what
-    # a user can choose: conf/optim/NAME.yaml starts from `/schema_optim_NAME@_here_`.
+    # a user can choose: conf/optim/NAME.yaml starts from `/schema_optim_NAME@_here_`, conf/data/*.yaml from
+    # `/schema_data@_here_` (shards: `/schema_data_shards@_here_`).
     store = ConfigStore.instance()
     for name, schema in optim_schemas().items():
         store.store(name=f"schema_optim_{name}", node=schema)
     for name, cls in PARAMETRIZATIONS.items():
         store.store(name=f"schema_parametrization_{name}", node=parametrization_schema(cls))
-    store.store(group="data", name="schema", node=DataConfig)
-    store.store(group="data", name="schema_shards", node=ShardDataConfig)
+    store.store(name="schema_data", node=DataConfig)
+    store.store(name="schema_data_shards", node=ShardDataConfig)
 
 
 def load_optim_config(name: str, **overrides: Any) -> DictConfig:
