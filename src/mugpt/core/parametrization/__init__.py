@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from mugpt.core.parametrization.abc import AbcParametrization
 from mugpt.core.parametrization.base import (
     EMBEDDING_TABLES,
     KINDS,
@@ -44,7 +45,8 @@ __all__ = ["BLOCKS", "DEPTH_FAMILIES", "EMBEDDING_TABLES", "GPT2_INIT", "KINDS",
            "READOUT", "MaximalUpdateParametrization", "Parametrization", "Readout", "SharedReadout",
            "StandardParametrization", "UnitScaledParametrization", "UnitScalingTag", "get_parametrization",
            "labels", "param_kind", "parametrization_class", "record_shapes", "register_parametrization",
-           "sweep_offsets", "titles", "_CachedWidthMult", "_group", "_named_unique_parameters"]
+           "sweep_offsets", "titles", "_CachedWidthMult", "_group", "_named_unique_parameters",
+           "AbcParametrization"]
 
 PARAMETRIZATIONS: dict[str, type[Parametrization]] = {}
 
@@ -58,7 +60,7 @@ def register_parametrization(cls: type[Parametrization]) -> type[Parametrization
     return cls
 
 
-for _cls in (StandardParametrization, MaximalUpdateParametrization, UnitScaledParametrization):
+for _cls in (StandardParametrization, MaximalUpdateParametrization, UnitScaledParametrization, AbcParametrization):
     register_parametrization(_cls)
 
 
