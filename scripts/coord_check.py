@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> None:
     if cfg.get("wandb"):
         from omegaconf import OmegaConf
 
-        from mugpt.training.run import launch_name, publish_to_wandb
+        from mugpt.training.loggers import launch_name, publish_to_wandb
 
         # one job_type for both axes; the name keeps the figure's (coord_check_depth-...)
         local = publish_to_wandb("coord_check", result["output_dir"], pngs, csvs,

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     print(result["text"])
     print("wrote " + ", ".join(str(f) for f in result["files"]))
     if args.wandb:
-        from mugpt.training.run import launch_name, publish_to_wandb
+        from mugpt.training.loggers import launch_name, publish_to_wandb
 
         out = result["output_dir"]
         # one sweep: the report is named after it and joins its runs' group (its launch name, as they derived it)

@@ -12,7 +12,7 @@ import os
 import sys
 
 from mugpt.studies.wandb_workspace import build_workspace, save_workspace
-from mugpt.training.run import load_env, wandb_offline
+from mugpt.training.loggers import load_env, wandb_offline
 
 
 def main(argv: list[str] | None = None) -> int:

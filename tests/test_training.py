@@ -335,7 +335,7 @@ def test_script_figures_are_published_to_wandb_offline(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mugpt.training.run import publish_to_wandb
+    from mugpt.training.loggers import publish_to_wandb
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_MODE", "offline")

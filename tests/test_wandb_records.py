@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, run_script, run_train_cli
 from mugpt.errors import ConfigError
-from mugpt.training.run import NAME_LIMIT, check_loggers, launch_name, load_env, short_name, swept_keys
+from mugpt.training.loggers import NAME_LIMIT, check_loggers, launch_name, load_env, short_name, swept_keys
 from mugpt.training.train import train
 from wandb_records import WandbRun, find_runs
 

@@ -220,7 +220,7 @@ class OptunaSweeper(Sweeper):
             sys.exit(f"error: {exc}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        # as Hydra's basic sweeper does: run names read the swept keys from it (mugpt.training.run.swept_keys)
+        # as Hydra's basic sweeper does: run names read the swept keys from it (mugpt.training.loggers.swept_keys)
         _save_atomically(self.config, sweep_dir / "multirun.yaml")
         log.info("Optuna study %r in %s: up to %d trials of %s, %d per batch", study.study_name, plan.storage_label,
                  plan.n_trials, ", ".join(plan.dimensions), self.n_jobs)

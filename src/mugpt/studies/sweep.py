@@ -56,7 +56,7 @@ def sweep_jobs(args: Sequence[str]) -> list[list[str]] | None:
 
 def fixed_overrides(overrides: Sequence[str]) -> list[str]:
     """The overrides that are not sweeps (`a,b`, `range(...)`, `interval(...)`, `choice(...)`...)."""
-    from mugpt.training.run import sweep_keys
+    from mugpt.training.loggers import sweep_keys
 
     swept = sweep_keys(overrides)
     return [o for o in overrides if _key(o) not in swept]
@@ -317,7 +317,7 @@ class SweepProgress(Callback):
         self.progress: dict[str, Any] = {}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mugpt.training.run import sweep_keys
+        from mugpt.training.loggers import sweep_keys
 
         sweeper = config.hydra.sweeper
         launched = list(config.hydra.overrides.task)
@@ -325,7 +325,7 @@ class SweepProgress(Callback):
         jobs = sweep_jobs(launched)
         if total is None and jobs is not None:
             total = len(jobs)
-        # a progress line names a job by the swept keys alone, as its W&B run name does (mugpt.training.run.run_name)
+        # a progress line names a job by the swept keys alone, as its W&B run name does (loggers.run_name)
         swept = sweep_keys(launched) | set((sweeper.get("params") or {}).keys())
         self.progress = {"jobs": total, "started": time.time(), "swept": sorted(swept)}
 

@@ -22,7 +22,7 @@ from mugpt.studies.transfer import (
     run_pipeline,
     transfer_text,
 )
-from mugpt.training.run import launch_name, logger_configs, publish_to_wandb, short_name
+from mugpt.training.loggers import launch_name, logger_configs, publish_to_wandb, short_name
 from mugpt.training.train import check_config, train
 
 log = logging.getLogger("mugpt")

@@ -11,7 +11,7 @@ from typing import Any
 
 
 def build_workspace(entity: str, project: str, group: str, name: str | None = None) -> Any:
-    """The workspace of the sweep logged as W&B group `group` (mugpt.training.run names a launch's group
+    """The workspace of the sweep logged as W&B group `group` (mugpt.training.loggers names a launch's group
     DATE_TIME, or the pipeline's mutransfer_DATE_TIME)."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws

@@ -47,8 +47,9 @@ from mugpt.training.checkpointing import (
 )
 from mugpt.training.diagnostics import build_diagnostics
 from mugpt.training.distributed import build_strategy, check_strategy, single_job_command, uses_cuda, world_size
+from mugpt.training.loggers import build_logger, check_loggers, hydra_overrides_and_root, logger_configs
 from mugpt.training.module import GPTLightningModule, perplexity
-from mugpt.training.run import Run, build_logger, check_loggers, hydra_overrides_and_root, logger_configs, task_wrapper
+from mugpt.training.run import Run, task_wrapper
 
 log = logging.getLogger(__name__)
 

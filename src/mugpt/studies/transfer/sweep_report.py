@@ -64,7 +64,7 @@ def report(sweep_dir: str | Path | Sequence[str | Path], out_dir: str | Path | N
     (out / "mutransfer.json").write_text(json.dumps(_json_ready(analysis), indent=2, default=str))
     return {"rows": rows, "analysis": analysis, "text": format_report(analysis), "output_dir": out,
             "axis": axis, "group": list(group),
-            # the figure's curves per seed, for W&B (mugpt.training.run.publish_to_wandb)
+            # the figure's curves per seed, for W&B (mugpt.training.loggers.publish_to_wandb)
             "curves": {"axis": AXIS_WORDS.get(axis, axis), "by_seed": seed_curves(rows, axis, group)},
             "files": [out / "mutransfer.csv", out / "mutransfer.png", out / "mutransfer_transfer.png",
                       out / "mutransfer.json"]}
