@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from mugpt.rundir import read_summary
+
 ROOT = Path(__file__).resolve().parents[3]
 
 PREPARE_CHILD = """
@@ -59,7 +61,7 @@ def train_once(run_dir: Path, data: list[str], steps: int, extra: list[str]) -> 
     proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
     if proc.returncode != 0:
         raise RuntimeError(f"training failed: {' '.join(args)}\n{proc.stderr[-3000:]}")
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = read_summary(run_dir)
     tokens_per_step = s["tokens"] / s["steps"]
     return {"ms_per_step": 1000 * tokens_per_step / s["tokens_per_sec"], "peak_rss_mb": s["peak_memory_mb"],
             "val_loss": s["val_loss"]}

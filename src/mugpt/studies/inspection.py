@@ -13,7 +13,6 @@ quoted as a Hydra value, 'prompt="To be, or not"'. They read their options, chec
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,10 +26,9 @@ from mugpt.config import script_option
 from mugpt.core.model import GPT, GPTConfig
 from mugpt.core.parametrization import get_parametrization
 from mugpt.data.text import Tokenizer, get_tokenizer
-from mugpt.training.checkpointing import CHECKPOINT_DIR, LAST
+from mugpt.rundir import CHECKPOINT_DIR, CONFIG_FILE, last_checkpoint, read_summary
+from mugpt.rundir import LAST_CHECKPOINT as LAST
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
 STATE_PREFIX = "model."  # GPTLightningModule keeps the GPT as `self.model`
 
 
@@ -69,8 +67,7 @@ class LoadedRun:
         return f"{p['name']}{base}, width {m['width']}, step {self.step}"
 
     def _summary(self) -> dict:
-        path = self.run_dir / SUMMARY_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_summary(self.run_dir, missing={})
 
     def logged_val_loss(self) -> float | None:
         """The run's final validation loss from summary.json, when the run wrote one."""
@@ -89,7 +86,7 @@ def resolve_checkpoint(ckpt: str | Path) -> tuple[Path, Path]:
     path = Path(ckpt).expanduser()
     if not path.exists():
         raise ValueError(f"ckpt={ckpt}: no such file or directory")
-    file = path / CHECKPOINT_DIR / LAST if path.is_dir() else path
+    file = last_checkpoint(path) if path.is_dir() else path
     if not file.is_file():
         raise ValueError(f"ckpt={ckpt}: a run directory without a checkpoint (no {CHECKPOINT_DIR}/{LAST} inside)")
     # training writes OUTPUT/checkpoints/last.ckpt beside OUTPUT/config.yaml
@@ -138,8 +135,7 @@ def load_run(ckpt: str | Path, device: str = "auto") -> LoadedRun:
     file, run_dir = resolve_checkpoint(ckpt)
     checkpoint = read_checkpoint(file)
     hparams = checkpoint["hyper_parameters"]
-    config_path = run_dir / CONFIG_FILE
-    config = OmegaConf.load(config_path) if config_path.is_file() else None
+    config = OmegaConf.load(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else None
     model = build_model(hparams)
     model.load_state_dict(model_state(checkpoint))
     model.to(dev).eval()

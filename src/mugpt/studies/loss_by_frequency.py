@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from mugpt.config import compose_training_config, script_option
+from mugpt.rundir import metrics_csv
 
 OPTIMIZERS = ("sgd", "adamw")
 TITLES = {"sgd": "SGD (Nesterov momentum 0.9)", "adamw": "AdamW"}
@@ -71,10 +72,6 @@ def read_options(cfg: DictConfig) -> Options:
 # --------------------------------------------------------------------------------------------- runs
 def run_dir(opts: Options, name: str) -> Path:
     return opts.out / "runs" / name
-
-
-def metrics_csv(output_dir: Path) -> Path:
-    return output_dir / "csv" / "version_0" / "metrics.csv"
 
 
 def compose_run(name: str, opts: Options, output_dir: Path) -> DictConfig:

@@ -28,6 +28,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mugpt.rundir import overrides_path, read_summary
+
 log = logging.getLogger(__name__)
 
 PROGRESS_FILE = ".sweep_progress.json"  # the job count and start time, for jobs in other processes
@@ -120,7 +122,7 @@ def check_launch(args: Sequence[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- the answer
 def _job_overrides(job_dir: Path) -> list[str]:
-    path = job_dir / ".hydra" / "overrides.yaml"
+    path = overrides_path(job_dir)
     try:
         return [str(o) for o in yaml.safe_load(path.read_text()) or []]
     except (OSError, yaml.YAMLError):
@@ -133,11 +135,7 @@ def read_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = []
     for hydra_dir in sorted(sweep_dir.glob("*/.hydra"), key=lambda p: (len(p.parent.name), p.parent.name)):
         folder = hydra_dir.parent
-        summary_path = folder / "summary.json"
-        try:
-            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-        except (OSError, ValueError):
-            summary = None
+        summary = read_summary(folder)
         overrides = dict(o.split("=", 1) for o in _job_overrides(folder) if "=" in o)
         jobs.append({"dir": folder, "overrides": {_key(k): v for k, v in overrides.items()}, "summary": summary})
     return jobs
