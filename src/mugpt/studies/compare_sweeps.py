@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.studies.transfer import best_log2_lr, format_ci, format_sd, loss_curves, mean_ci, read_summaries, seed_curves
+from mugpt.studies.stats import format_ci, format_sd, mean_ci
+from mugpt.studies.transfer import best_log2_lr, loss_curves, read_summaries, seed_curves
 
 
 def compare(base_rows: list[dict], other_rows: list[dict]) -> dict:

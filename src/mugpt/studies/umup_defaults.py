@@ -8,16 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mugpt.studies.transfer import (
-    best_log2_lr,
-    format_ci,
-    format_sd,
-    loss_curves,
-    mean_ci,
-    read_summaries,
-    seed_curves,
-    write_csv,
-)
+from mugpt.studies.stats import format_ci, format_sd, mean_ci
+from mugpt.studies.transfer import best_log2_lr, loss_curves, read_summaries, seed_curves, write_csv
 
 MULTIPLIERS = ("residual_mult", "residual_attn_ratio", "attn_softmax_mult", "ffn_act_mult", "loss_softmax_mult")
 KEYS = tuple(f"parametrization.{m}" for m in MULTIPLIERS)

@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
+from mugpt.config import check_option
 from mugpt.studies.stats import format_ci, format_sd, mean_ci
 from mugpt.studies.sweep import edge_warning, grid_edge
 from mugpt.studies.transfer.analysis import best_log2_lr
@@ -72,15 +73,6 @@ def chosen_settings(result: Mapping[str, Any]) -> tuple[list[str], dict[str, dic
     return keys, chosen
 
 
-def _positive_int(cfg: Any, name: str, unset: str) -> int | None:
-    value = cfg.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}={value}: must be a positive integer (or null: {unset})")
-    return value
-
-
 def _compose_training(overrides: list[str]) -> Any:
     from mugpt.config import compose_training_config
 
@@ -96,8 +88,9 @@ def transfer_shapes(cfg: Any, compose: Callable[[list[str]], Any] | None = None)
     experiment's. target_X null is the donor's. Refused, in one line naming the option: a value that is not a
     positive integer, a narrower or shallower target (µTransfer tunes small and transfers up; run length and
     batch may go either way), and a target that is the donor on every axis."""
-    donor = {axis: _positive_int(cfg, f"donor_{axis}", "the training experiment's") for axis, _ in SHAPE}
-    target = {axis: _positive_int(cfg, f"target_{axis}", "the donor's") for axis, _ in SHAPE}
+    donor, target = ({axis: check_option(cfg.get(f"{end}_{axis}"), f"{end}_{axis}", int, nullable=True, positive=True,
+                                         null_means=unset) for axis, _ in SHAPE}
+                     for end, unset in (("donor", "the training experiment's"), ("target", "the donor's")))
     if donor["width"] is None:
         raise ValueError("donor_width: required (a positive integer, µP's base width)")
     unknown = [(axis, key) for axis, key in SHAPE if target[axis] is not None and donor[axis] is None]
