@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from mugpt.core.model import GPT
+from mugpt.core.parametrization import GPT2_INIT, parametrization_class
 from mugpt.core.recipe import Recipe, train_step
 from mugpt.studies.benchmark.config import BenchConfig, Log, batch_loader, make_batches
 from mugpt.studies.benchmark.hardware import _median, bf16_native, ratio_summary, sync, timed_steps
@@ -159,8 +160,11 @@ def compare_mup_sp(cfg: BenchConfig, *, warmup: int = 2, blocks: int = 6, block_
     total = warmup + blocks * block_steps
     pool = make_batches(cfg, device)
     base_width = cfg.width // 2
-    arms = {name: plain_arm(cfg, pcfg, batch_loader(pool, total), total, bf16)
-            for name, pcfg in (("sp", {"name": "sp"}), ("mup", {"name": "mup", "base_width": base_width}))}
+    # µP as measured: GPT-2's init (GPT2_INIT), not the measured defaults the Python route now shares with the yaml
+    options = {"sp": {"name": "sp"}, "mup": {"name": "mup", "base_width": base_width, **GPT2_INIT}}
+    for name in options:
+        parametrization_class(name)  # both registered, or one line naming the known ones before anything is built
+    arms = {name: plain_arm(cfg, pcfg, batch_loader(pool, total), total, bf16) for name, pcfg in options.items()}
     log(f"  µP (base_width {base_width}) vs SP: {warmup} warm-up steps each, then {blocks} x {block_steps} steps "
         f"per arm, alternating")
     for arm in arms.values():

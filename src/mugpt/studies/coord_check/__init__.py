@@ -46,7 +46,6 @@ from mugpt.studies.coord_check.depth import (
 )
 from mugpt.studies.coord_check.run import (
     AXES,
-    OPTIMIZER_NAMES,
     check_axis,
     check_coord_check,
     run_coord_check,
@@ -57,7 +56,6 @@ from mugpt.studies.coord_check.width import (
     CSV_COLUMNS,
     KIND_TITLES,
     MODULE_KINDS,
-    PARAM_TITLES,
     SLOPE_COLUMNS,
     compute_slopes,
     format_slope_table,
@@ -70,7 +68,7 @@ from mugpt.training.probe import mean_abs, measure, module_kind, probe_outputs, 
 
 __all__ = [
     "AXES", "CSV_COLUMNS", "DEPTH_CSV_COLUMNS", "DEPTH_KINDS", "DEPTH_KIND_TITLES", "DEPTH_PARAM_TITLES",
-    "DEPTH_SLOPE_COLUMNS", "KIND_TITLES", "MODULE_KINDS", "OPTIMIZER_NAMES", "PARAM_TITLES", "QUANTITIES",
+    "DEPTH_SLOPE_COLUMNS", "KIND_TITLES", "MODULE_KINDS", "QUANTITIES",
     "SLOPE_COLUMNS", "aggregate_by_kind", "check_axis", "check_coord_check", "compute_depth_slopes",
     "compute_slopes", "depth_list", "depth_table_steps", "format_depth_slope_table", "format_slope_table",
     "load_tokens", "mean_abs", "measure", "module_kind", "plan_depth_traces", "plan_traces", "plot_coord_check",

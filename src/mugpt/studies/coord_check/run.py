@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mugpt.core.optim import titles as optim_titles
 from mugpt.data.windows import load_tokens
 from mugpt.studies.coord_check.depth import (
     DEPTH_CSV_COLUMNS,
@@ -36,9 +37,6 @@ from mugpt.studies.coord_check.width import (
 )
 
 AXES = ("width", "depth")
-OPTIMIZER_NAMES = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD", "adagrad": "AdaGrad", "rmsprop": "RMSProp",
-                   "adafactor": "Adafactor", "adam8bit": "8-bit AdamW", "muon": "Muon (+AdamW)",
-                   "adam_atan2": "Adam-atan2"}
 
 
 def _as_config(cfg: Any) -> DictConfig:
@@ -80,7 +78,8 @@ def _prepare(cfg: DictConfig, output_dir: str | Path | None,
 
 def _training_text(cfg: DictConfig) -> str:
     """`AdamW lr=0.01, batch 8x64, 3 seed(s)`: how the traced models train, for a figure's title."""
-    return (f"{OPTIMIZER_NAMES.get(cfg.optim.name, cfg.optim.name)} lr={cfg.optim.lr:g}, "
+    title = optim_titles().get(cfg.optim.name, cfg.optim.name)  # the optimizer's declared title
+    return (f"{title} lr={cfg.optim.lr:g}, "
             f"batch {cfg.data.batch_size}x{cfg.model.block_size}, {len(cfg.seeds)} seed(s)")
 
 

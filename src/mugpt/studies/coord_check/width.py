@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mugpt.core.model import GPTConfig
-from mugpt.core.parametrization import get_parametrization, parametrization_class
+from mugpt.core.parametrization import get_parametrization, parametrization_class, titles
 from mugpt.studies.coord_check.shared import (
     _log_log_panel,
     check_steps,
@@ -37,8 +37,6 @@ KIND_TITLES = {
     "residual": "residual stream (block output)",
     "logits": "logits",
 }
-PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)",
-                "umup": "u-µP (unit-scaled µP)"}
 
 
 def plan_traces(parametrizations: Mapping[str, Mapping[str, Any]], model_cfg: Mapping[str, Any],
@@ -182,7 +180,7 @@ def plot_coord_check(rows: Iterable[Mapping[str, Any]], path: Path, title: str =
             if i == len(params) - 1:
                 ax.set_xlabel("width (d_model)")
             if j == 0:
-                ax.set_ylabel(f"{PARAM_TITLES.get(param, param)}\nmean |activation|", fontsize=10)
+                ax.set_ylabel(f"{titles().get(param, param)}\nmean |activation|", fontsize=10)
 
     handles = step_handles(Line2D, colours)
     if n_blocks > 1:

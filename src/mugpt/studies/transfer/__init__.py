@@ -32,7 +32,7 @@ from mugpt.studies.transfer.analysis import (
     series_of,
 )
 from mugpt.studies.transfer.defaults import defaults_table, grid_optima
-from mugpt.studies.transfer.figures import PARAM_TITLES, plot, plot_transfer
+from mugpt.studies.transfer.figures import plot, plot_transfer, series_title
 from mugpt.studies.transfer.pipeline import (
     LR_KEYS,
     SHAPE,
@@ -51,9 +51,9 @@ from mugpt.studies.transfer.runs import CSV_COLUMNS, read_summaries, write_csv
 from mugpt.studies.transfer.sweep_report import report
 
 __all__ = [
-    "AXIS_TITLES", "AXIS_WORDS", "CI_LEVEL", "CSV_COLUMNS", "Curve", "Job", "LR_KEYS", "PARAM_TITLES", "SHAPE",
+    "AXIS_TITLES", "AXIS_WORDS", "CI_LEVEL", "CSV_COLUMNS", "Curve", "Job", "LR_KEYS", "SHAPE",
     "analyse", "axis_title", "axis_value", "best_log2_lr", "chosen_settings", "defaults_table", "format_ci",
     "format_pipeline", "format_report", "format_sd", "grid", "grid_optima", "loss_curves", "mean_ci", "plot",
     "plot_transfer", "read_summaries", "report", "report_axis", "run_each", "run_pipeline", "seed_curves",
-    "series_of", "t_quantile", "transfer_shapes", "transfer_text", "verdict", "write_csv",
+    "series_of", "series_title", "t_quantile", "transfer_shapes", "transfer_text", "verdict", "write_csv",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from mugpt.core.parametrization import titles
 from mugpt.studies.stats import CI_LEVEL, mean_ci
 from mugpt.studies.transfer.analysis import (
     AXIS_WORDS,
@@ -22,8 +23,12 @@ from mugpt.studies.transfer.analysis import (
     seed_curves,
 )
 
-PARAM_TITLES = {"sp": "SP (standard parametrization)", "mup": "µP (maximal update parametrization)",
-                "umup": "u-µP (unit-scaled µP)"}
+
+def series_title(series: str) -> str:
+    """A panel's title: the series' parametrization by its declared title (mugpt.core.parametrization), then the
+    rest of the series' name (`mup tuned` → `µP (maximal update parametrization), tuned`)."""
+    param, _, rest = series.partition(" ")
+    return titles().get(param, param) + (f", {rest}" if rest else "")
 
 
 def _pyplot():
@@ -73,8 +78,7 @@ def plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "", axis: s
             best, _ = best_log2_lr(curve)
             if math.isfinite(best):
                 ax.plot([math.log2(best)], [curve[best]], "*", ms=13, color=colour[v], mec="black", mew=0.6)
-        param, _, rest = series.partition(" ")
-        ax.set_title(PARAM_TITLES.get(param, param) + (f", {rest}" if rest else ""))
+        ax.set_title(series_title(series))
         ax.set_xlabel("log2 learning rate")
         ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), top + 0.05 * (hi - lo + 1e-9))
         ax.grid(True, alpha=0.3)
