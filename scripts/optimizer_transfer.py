@@ -5,8 +5,8 @@
 For each optimizer and parametrization (SP and µP; with `--parametrizations sp,mup,umup` also u-µP, for AdamW, the
 one optimizer its rules are written for), two Hydra multiruns of src/train.py at the CPU µTransfer experiment's
 scale (`+experiment=mutransfer_lr`: byte-level Shakespeare, 2 layers, 200 steps, clip 1, no weight decay):
-  1. the donor, width 64, over the optimizer's log2 learning-rate grid (GRIDS below, 8 octaves around the zoo's
-     defaults), every seed;
+  1. the donor, width 64, over the optimizer's log2 learning-rate grid (its declaration's in mugpt.core.optim, 8
+     octaves around the zoo's defaults; muon_rms: mugpt.studies.optimizer_transfer.OPTIONS), every seed;
   2. the target, width 256 (4x), over five octaves around the donor's best lr on its seed-mean curve: one up and
      three down for SP (whose best lr is expected to fall with width), two each way for µP.
 Each pair's target starts as soon as its donor is done; `--jobs` pairs run at once, each job with one torch
@@ -34,7 +34,7 @@ digit, checked), so its row would repeat AdamW's.
 import argparse
 import sys
 
-from mugpt.studies.optimizer_transfer import GRIDS, LAUNCHER_PLUGINS, optimizer_transfer
+from mugpt.studies.optimizer_transfer import LAUNCHER_PLUGINS, NOT_SWEPT, default_optimizers, grids, optimizer_transfer
 
 
 def main(argv=None) -> int:
@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="optimizer_transfer", help="folder of the sweeps and the report")
     parser.add_argument("--stage", choices=("all", "sweep", "coord", "report"), default="all",
                         help="all = sweep, coord and report")
-    parser.add_argument("--optimizers", default=",".join(GRIDS), help=f"comma-separated, from {', '.join(GRIDS)}")
+    parser.add_argument("--optimizers", default=default_optimizers(),
+                        help=f"comma-separated, from {', '.join(grids())} "
+                             f"(default: all but {', '.join(NOT_SWEPT)})")
     parser.add_argument("--parametrizations", default="sp,mup",
                         help="sp, mup, umup (u-µP: AdamW only; the others are skipped under it)")
     parser.add_argument("--seeds", default="0,1,2")

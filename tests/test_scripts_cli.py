@@ -33,9 +33,9 @@ def compare():
 # ------------------------------------------------------------------------ compare_optimizers in-process
 def test_compare_optimizers_options_keep_the_old_defaults(compare):
     assert compare.read_options(compose_script("compare_optimizers")) == compare.Options(
-        optimizers=compare.ZOO, lr_factors=(0.5, 1.0, 2.0), steps=150, eval_every=25, target=2.9, width=64,
-        n_layer=2, n_head=2, block_size=64, batch_size=16, val_batches=4, seed=1337, mup=True, threads=1,
-        out=Path("results/optimizers"))
+        optimizers=("adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon"),
+        lr_factors=(0.5, 1.0, 2.0), steps=150, eval_every=25, target=2.9, width=64, n_layer=2, n_head=2,
+        block_size=64, batch_size=16, val_batches=4, seed=1337, mup=True, threads=1, out=Path("results/optimizers"))
 
 
 def test_compare_optimizers_plans_every_run_before_training(compare, tmp_path):

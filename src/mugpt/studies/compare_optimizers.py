@@ -17,9 +17,9 @@ import torch
 from omegaconf import DictConfig
 
 from mugpt.config import compose_training_config, script_option
+from mugpt.core.optim import OPTIMIZERS
 from mugpt.studies.grid import run_grid
 
-ZOO = ("adamw", "adam", "sgd", "adagrad", "rmsprop", "adafactor", "adam8bit", "muon")
 log = logging.getLogger("compare_optimizers")
 
 
@@ -53,10 +53,10 @@ class Options:
 def read_options(cfg: DictConfig) -> Options:
     """The typed, checked options: every refusal (one line naming KEY=VALUE) comes before anything trains."""
     optimizers = script_option(cfg, "optimizers", str, many=True)
-    unknown = [name for name in optimizers if name not in ZOO]
+    unknown = [name for name in optimizers if name not in OPTIMIZERS]  # the registry: mugpt.core.optim
     if unknown:
         raise ValueError(f"optimizers=[{','.join(optimizers)}]: unknown optimizer {', '.join(map(repr, unknown))} "
-                         f"(choose from {', '.join(ZOO)})")
+                         f"(choose from {', '.join(OPTIMIZERS)})")
     lr_factors = script_option(cfg, "lr_factors", float, many=True)
     bad = [f for f in lr_factors if not (f > 0 and math.isfinite(f))]
     if bad:

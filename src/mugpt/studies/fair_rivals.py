@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mugpt.core.parametrization import sweep_offsets
 from mugpt.studies.grid import ROOT, run_grid
-from mugpt.studies.optimizer_transfer import DONOR_WIDTH, TARGET_OFFSETS, TARGET_WIDTH
-from mugpt.studies.transfer import analyse, format_ci, format_sd, plot, read_summaries, write_csv
+from mugpt.studies.optimizer_transfer import DONOR_WIDTH, TARGET_WIDTH
+from mugpt.studies.stats import format_ci, format_sd
+from mugpt.studies.transfer import analyse, plot, read_summaries, write_csv
 
 RUNS = Path("/work/sweeps/fair_rivals")  # runs outside the tree
 REUSED = ROOT / "results/optimizer_transfer/optimizer_transfer.csv"
@@ -57,7 +59,7 @@ def run_rival(name: str) -> tuple[list[dict], dict]:
         info["overrides"] = fixed = fixed + [f"{k}={v}" for k, v in info["constants"].items()]
         donor = sweep(RUNS / name / "donor", param, DONOR_WIDTH, range(best - 2, best + 3), fixed)
         info["tuning_runs"], best = info["tuning_runs"] + len(new := new + donor), log2_best(donor, DONOR_WIDTH)
-    lrs = [best + k for k in TARGET_OFFSETS[param]]
+    lrs = [best + k for k in sweep_offsets()[param]]
     target = sweep(RUNS / name / "target", param, TARGET_WIDTH, lrs, fixed)
     if (edge := log2_best(donor + target, TARGET_WIDTH)) in (lrs[0], lrs[-1]):  # its best on the edge: one octave on
         target += sweep(RUNS / name / "beyond", param, TARGET_WIDTH, [edge + (1 if edge == lrs[-1] else -1)], fixed)

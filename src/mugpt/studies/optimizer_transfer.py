@@ -15,35 +15,28 @@ from pathlib import Path
 
 import numpy as np
 
+from mugpt.core.optim import lr_log2_grids
+from mugpt.core.parametrization import PARAMETRIZATIONS, labels, sweep_offsets
 from mugpt.studies.grid import ROOT, finished_runs, run_grid
-from mugpt.studies.transfer import analyse, format_ci, format_sd, read_summaries, write_csv
+from mugpt.studies.stats import format_ci, format_sd
+from mugpt.studies.transfer import analyse, read_summaries, write_csv
 
 DONOR_WIDTH, TARGET_WIDTH = 64, 256
-# The target's grid: offsets (octaves) from the donor's best lr.
-TARGET_OFFSETS = {"sp": range(-3, 2), "mup": range(-2, 3), "umup": range(-2, 3)}
 # Muon's AdamW part (embeddings, readout, vectors) follows the swept lr at 1/8 (its config's default ratio is ~1/7)
 MUON_ADAMW = "optim.adamw_lr='${pow2:${lr_log2},-3}'"
-# name: (training overrides, the donor's log2 lr grid). Centred on each optimizer's best lr in the time-to-target
-# comparison (results/optimizers/), wide enough for µP's defaults, which prefer larger lrs than SP's init.
-GRIDS = {
-    "adamw": (["optim=adamw"], range(-11, -3)),
-    "adam_atan2": (["optim=adam_atan2"], range(-11, -3)),
-    "adam8bit": (["optim=adam8bit"], range(-11, -3)),
-    "adafactor": (["optim=adafactor"], range(-11, -3)),
-    "rmsprop": (["optim=rmsprop"], range(-13, -5)),
-    "adagrad": (["optim=adagrad"], range(-10, -2)),
-    "sgd": (["optim=sgd"], range(-6, 2)),
-    "muon": (["optim=muon", MUON_ADAMW], range(-9, -1)),
-    "muon_rms": (["optim=muon", "optim.adjust_lr_fn=match_rms_adamw", MUON_ADAMW], range(-10, -2)),
-}
-PARAMETRIZATIONS = ("sp", "mup", "umup")
+# Options of a registered optimizer swept as rows of their own: name -> (training overrides, donor's log2 lr grid).
+OPTIONS = {"muon_rms": (["optim=muon", "optim.adjust_lr_fn=match_rms_adamw", MUON_ADAMW], range(-10, -2))}
+# Registered optimizers the default run leaves out, and why.
+NOT_SWEPT = {"adam": "with the experiment's weight decay 0 it is AdamW step for step"}
 # u-µP (parametrization=umup) runs with Adam's rule only, untied and unclipped (conf/parametrization/umup.yaml says
-# why), at its own O(1) lr: (optimizer, parametrization) -> overrides and donor grid replacing GRIDS'.
+# why), at its own O(1) lr: (optimizer, parametrization) -> overrides and donor grid replacing grids()'.
 SPECIAL = {("adamw", "umup"): (["optim=adamw", "~parametrization.base_width", "model.tie_embeddings=false",
                                 "optim.grad_clip=null"], range(-5, 3))}
 COORD_WIDTHS = "[64,128,256]"
 COORD_LR = {"sgd": 0.25, "muon": 0.02}  # without a µP donor sweep; others: the coordinate check's own 0.01
-LABEL = {"sp": "SP", "mup": "µP", "umup": "u-µP"}
+# how the figures draw each parametrization (one not named here: dash-dot, matplotlib's next colour)
+STYLES = {"sp": "--", "mup": "-", "umup": ":"}
+COLOURS = {"sp": "tab:orange", "mup": "tab:green", "umup": "tab:purple"}
 
 
 # --launcher: the plugin each launcher config needs (conf/hydra/launcher/ and the plugins' own configs)
@@ -52,9 +45,26 @@ LAUNCHER_PLUGINS = {"ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
                     "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
 
 
+def grids() -> dict[str, tuple[list[str], range]]:
+    """name: (training overrides, the donor's log2 lr grid), for every registered optimizer (its declaration's grid
+    in mugpt.core.optim: centred on its best lr in the time-to-target comparison, results/optimizers/, wide enough
+    for µP's defaults, which prefer larger lrs than SP's init) and then the swept options (OPTIONS)."""
+    return {**lr_log2_grids(), **OPTIONS}
+
+
+def default_optimizers() -> str:
+    """--optimizers' default: every entry of grids() but those NOT_SWEPT, comma-separated."""
+    return ",".join(name for name in grids() if name not in NOT_SWEPT)
+
+
+def target_offsets() -> dict[str, range]:
+    """The target's grid per parametrization: offsets (octaves) from the donor's best lr (its declaration's)."""
+    return sweep_offsets()
+
+
 def setting(name: str, param: str) -> tuple[list[str], range]:
     """The training overrides and the donor's log2 lr grid of one optimizer under one parametrization."""
-    return SPECIAL.get((name, param), GRIDS[name])
+    return SPECIAL.get((name, param), grids()[name])
 
 
 def sweep_overrides(name: str, param: str, width: int, log2_lrs, seeds, extra=()) -> list[str]:
@@ -91,7 +101,7 @@ def run_sweep(name: str, param: str, width: int, log2_lrs, seeds, folder: Path, 
 
 def run_sweeps(out: Path, pairs, seeds, jobs: int, launcher: str | None = None, extra=()) -> list[dict]:
     """Every (optimizer, parametrization) pair's donor sweep, and as soon as it ends its target's: five octaves
-    around the donor's seed-mean best lr (TARGET_OFFSETS); `jobs` pairs at once."""
+    around the donor's seed-mean best lr (target_offsets()); `jobs` pairs at once."""
     def target_after(job, summary):
         folder = Path(job[1])
         _say(folder, summary)
@@ -99,7 +109,7 @@ def run_sweeps(out: Path, pairs, seeds, jobs: int, launcher: str | None = None, 
             return None
         name, param, _ = _folder_label(folder)
         best = donor_best_log2(folder)
-        target = [best + k for k in TARGET_OFFSETS[param]]
+        target = [best + k for k in target_offsets()[param]]
         return sweep_overrides(name, param, TARGET_WIDTH, target, seeds, extra), out / "target" / folder.name
 
     donors = [(sweep_overrides(name, param, DONOR_WIDTH, setting(name, param)[1], seeds, extra),
@@ -112,7 +122,7 @@ def donor_best_log2(folder: Path) -> int:
     analysis = analyse(read_summaries(folder))
     (series,) = analysis.values()
     if not math.isfinite(series["donor_lr"]):
-        raise RuntimeError(f"every donor run in {folder} diverged or failed: widen the grid (GRIDS) before the target")
+        raise RuntimeError(f"every donor run in {folder} diverged or failed: widen its grid before the target")
     return round(math.log2(series["donor_lr"]))
 
 
@@ -122,7 +132,7 @@ def run_coord(out: Path, name: str, threads: int) -> None:
     if (folder / "coord_check_slopes.csv").is_file():
         print(f"[{name} coord] done before: {folder}", flush=True)
         return
-    overrides = [o for o in GRIDS[name][0] if "lr_log2" not in o]
+    overrides = [o for o in grids()[name][0] if "lr_log2" not in o]
     donor = out / "donor" / f"{name}_mup"
     if finished_runs(donor):  # the lr µP trains this optimizer at; Muon's AdamW part at 1/8 of it, as in the sweeps
         lr = 2.0 ** donor_best_log2(donor)
@@ -212,7 +222,7 @@ def format_table(table: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         lines.append(
-            f"| {t['optimizer']} | {LABEL.get(t['parametrization'], t['parametrization'])} "
+            f"| {t['optimizer']} | {labels().get(t['parametrization'], t['parametrization'])} "
             f"| {t['donor_log2_lr']:.0f}{'*' if t['donor_edge'] else ''} "
             f"| {t['target_log2_lr']:.0f}{'*' if t['target_edge'] else ''} "
             f"| {format_ci(t['shift'], '+.2f', count=False)} | {format_ci(t['regret'], '.3f', count=False)} "
@@ -234,7 +244,8 @@ def plot_curves(by_name: dict[str, list[dict]], path: Path) -> None:
     colours = {DONOR_WIDTH: "tab:blue", TARGET_WIDTH: "tab:red"}
     for ax, name in zip(axes.flat, names):
         rows = [r for r in by_name[name] if r["status"] == "completed" and math.isfinite(r["val_loss"])]
-        for param, style in (("sp", "--"), ("mup", "-"), ("umup", ":")):
+        for param in PARAMETRIZATIONS:
+            style = STYLES.get(param, "-.")
             for width, colour in colours.items():
                 losses: dict[float, list[float]] = {}
                 for r in rows:
@@ -246,7 +257,7 @@ def plot_curves(by_name: dict[str, list[dict]], path: Path) -> None:
                 mean = np.array([np.mean(losses[k]) for k in x])
                 sd = np.array([np.std(losses[k], ddof=1) if len(losses[k]) > 1 else 0.0 for k in x])
                 ax.plot(x, mean, style, color=colour, marker="o", ms=3,
-                        label=f"{LABEL[param]} width {width}")
+                        label=f"{labels()[param]} width {width}")
                 ax.fill_between(x, mean - sd, mean + sd, color=colour, alpha=0.15)
         finite = [r["val_loss"] for r in rows]
         if finite:
@@ -274,7 +285,9 @@ def plot_summary(table: list[dict], path: Path) -> None:
     names = list(dict.fromkeys(t["optimizer"] for t in table))
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     for ax, key, label in ((axes[0], "shift", "best-lr shift, octaves"), (axes[1], "regret", "transfer regret, nats")):
-        for k, (param, colour) in enumerate((("sp", "tab:orange"), ("mup", "tab:green"), ("umup", "tab:purple"))):
+        for k, param in enumerate(PARAMETRIZATIONS):
+            if not any(t["parametrization"] == param for t in table) and param not in COLOURS:
+                continue  # a parametrization this report has no rows of, and no place in the legend
             x, y, err = [], [], []
             for i, name in enumerate(names):
                 row = next((t for t in table if t["optimizer"] == name and t["parametrization"] == param), None)
@@ -284,7 +297,7 @@ def plot_summary(table: list[dict], path: Path) -> None:
                 y.append(row[key]["mean"])
                 half = row[key].get("half_width", math.nan)
                 err.append(half if math.isfinite(half) else 0.0)
-            ax.bar(x, y, width=0.27, yerr=err, capsize=3, color=colour, label=LABEL[param])
+            ax.bar(x, y, width=0.27, yerr=err, capsize=3, color=COLOURS.get(param), label=labels()[param])
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=30, ha="right")
@@ -320,12 +333,12 @@ def _list(text: str, known, option: str) -> list[str]:
     return items
 
 
-def optimizer_transfer(out: str | Path, stage: str = "all", optimizers: str = ",".join(GRIDS),
+def optimizer_transfer(out: str | Path, stage: str = "all", optimizers: str | None = None,
                        parametrizations: str = "sp,mup", seeds: str = "0,1,2", jobs: int | None = None,
                        launcher: str | None = None, extra=()) -> str | None:
     """The command line's options checked (SystemExit with one line naming the option), then the stages: the
     sweeps, the coordinate check, the report (returned, as printed)."""
-    names = _list(optimizers, GRIDS, "--optimizers")
+    names = _list(default_optimizers() if optimizers is None else optimizers, grids(), "--optimizers")
     params = _list(parametrizations, PARAMETRIZATIONS, "--parametrizations")
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
