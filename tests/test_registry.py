@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 import mugpt.core.optim as optim
 import mugpt.core.parametrization as parametrization
+from conftest import compose_script
 from mugpt.config import OptimConfig, optim_schemas, register_configs
 from mugpt.core.model import GPT, GPTConfig
 from mugpt.core.parametrization.base import Parametrization, _group, _named_unique_parameters, param_kind, record_shapes
@@ -140,3 +141,69 @@ def test_the_shipped_declarations():
                                         "mup": "µP (maximal update parametrization)",
                                         "umup": "u-µP (unit-scaled µP)"}
     assert parametrization.sweep_offsets() == {"sp": range(-3, 2), "mup": range(-2, 3), "umup": range(-2, 3)}
+
+
+# ------------------------------------------------------------------------- the toys in the studies' tables
+@pytest.fixture
+def toy_yaml(toys):
+    """What the toy optimizer's conf/optim/ file would hold, given to Hydra through its store instead (no project
+    file written), and taken out again afterwards."""
+    register_configs()
+    store = ConfigStore.instance()
+    store.store(group="optim", name="toy_sign", node={"defaults": ["/schema_optim_toy_sign@_here_", "_self_"],
+                                                     "name": "toy_sign", "lr": 1e-3, "warmup_steps": 1})
+    yield toys
+    store.repo["optim"].pop("toy_sign.yaml", None)
+
+
+def test_compare_optimizers_plans_the_toy(toy_yaml, monkeypatch, tmp_path):
+    """The comparison takes any registered optimizer: the toy is accepted, offered, and planned as a run."""
+    import mugpt.studies.compare_optimizers as compare
+
+    opts = compare.read_options(compose_script("compare_optimizers", "optimizers=[toy_sign,adamw]",
+                                               "lr_factors=[1]", "steps=10", f"out={tmp_path}"))
+    assert opts.optimizers == ("toy_sign", "adamw")
+    with pytest.raises(ValueError, match=r"unknown optimizer 'nope' \(choose from .*toy_sign"):
+        compare.read_options(compose_script("compare_optimizers", "optimizers=[nope]"))
+    written = compare.default_optim  # conf/optim/NAME.yaml; the toy's lives in Hydra's store
+    monkeypatch.setattr(compare, "default_optim", lambda name: OmegaConf.merge(
+        OmegaConf.structured(SignConfig), {"name": "toy_sign", "lr": 1e-3, "warmup_steps": 1})
+        if name == "toy_sign" else written(name))
+    runs, skipped = compare.plan_runs(opts)
+    assert not skipped and [r.optimizer for r in runs] == ["toy_sign", "adamw"]
+    assert runs[0].cfg.optim.name == "toy_sign" and runs[0].cfg.optim.lr == pytest.approx(1e-3)
+
+
+def test_optimizer_transfer_sweeps_the_toys(toys, tmp_path):
+    """The transfer experiment's grids, default optimizers, target offsets, options and table read the registries."""
+    import mugpt.studies.optimizer_transfer as transfer
+    from mugpt.studies.stats import mean_ci
+
+    assert transfer.grids()["toy_sign"] == (["optim=toy_sign"], range(-12, -6))
+    assert "toy_sign" in transfer.default_optimizers().split(",")
+    assert transfer.target_offsets()["toy_half_hidden"] == range(-1, 2)
+    assert transfer.setting("toy_sign", "toy_half_hidden") == (["optim=toy_sign"], range(-12, -6))
+    overrides = transfer.sweep_overrides("toy_sign", "toy_half_hidden", 64, [-12, -11], [0])
+    assert {"parametrization=toy_half_hidden", "optim=toy_sign", "lr_log2=-12,-11"} <= set(overrides)
+    with pytest.raises(FileNotFoundError, match="no finished sweeps"):  # the options pass; nothing ran yet
+        transfer.optimizer_transfer(tmp_path, stage="report", optimizers="toy_sign",
+                                    parametrizations="toy_half_hidden")
+    stats = mean_ci([0.1, 0.2, 0.3])
+    row = {"optimizer": "toy_sign", "parametrization": "toy_half_hidden", "donor_log2_lr": -9, "donor_edge": False,
+           "target_log2_lr": -10, "target_edge": True, "shift": stats, "regret": stats, "target_best_loss": stats,
+           "donor_best_loss": stats, "coord": None, "runs": 30, "diverged": 0}
+    assert "| toy_sign | toy | -9 | -10* |" in transfer.format_table([row])
+
+
+def test_the_figures_title_the_toys(toys):
+    """The coordinate check's figure title names the toy optimizer, the transfer report's panels the toy
+    parametrization, by their titles."""
+    from mugpt.studies.coord_check.run import _training_text
+    from mugpt.studies.transfer import series_title
+
+    cfg = OmegaConf.create({"optim": {"name": "toy_sign", "lr": 0.01}, "data": {"batch_size": 8},
+                            "model": {"block_size": 64}, "seeds": [0, 1]})
+    assert _training_text(cfg) == "Sign descent (toy) lr=0.01, batch 8x64, 2 seed(s)"
+    assert series_title("toy_half_hidden") == "Toy (SP, hidden matrices at half the lr)"
+    assert series_title("toy_half_hidden tuned") == "Toy (SP, hidden matrices at half the lr), tuned"
+    assert series_title("mup") == "µP (maximal update parametrization)"
