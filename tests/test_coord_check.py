@@ -61,6 +61,7 @@ def test_sp_activations_blow_up_with_width(result):
     assert max(slopes.values()) > 1.5
 
 
+@pytest.mark.slow  # widths to 1024; the same claim at widths 64-256: test_coord_check_small.py
 def test_logits_under_mup_do_not_grow_with_width(result):
     logits = {s["step"]: s["slope"] for s in result["slopes"]
               if s["parametrization"] == "mup" and s["module"] == "logits"}
@@ -68,6 +69,7 @@ def test_logits_under_mup_do_not_grow_with_width(result):
     assert abs(logits[2]) < 0.2                        # after updates they are Θ(1)
 
 
+@pytest.mark.slow  # widths to 1024; the CSV and figure at widths 64-256: test_coord_check_small.py
 def test_csv_and_figure_are_written(result):
     out = result["output_dir"]
     with open(out / "coord_check.csv", newline="") as f:
