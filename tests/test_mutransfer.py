@@ -306,6 +306,7 @@ def write_run(folder, summary: dict, config: dict | None, hydra_only: bool = Fal
         OmegaConf.save(OmegaConf.create(config), target)
 
 
+@pytest.mark.slow  # three script processes; the same command line in-process: test_report_commands.py
 def test_report_reads_axis_and_groups_from_config_yaml_across_several_sweeps(tmp_path, capsys):
     """Two multiruns (depth 2 and depth 8, two seeds, two depth_alpha under µP, SP beside them) read as one
     sweep along model.n_layer: the CSV keeps one row per run with the axis and group columns, the figures exist."""
@@ -525,6 +526,7 @@ def test_depth_transfer_composes_for_both_parametrizations(tmp_path, cache_dir):
     assert len(composed) == 2 * (2 + 1 + 1)
 
 
+@pytest.mark.slow  # three script processes; the same command line in-process: test_report_commands.py
 def test_defaults_report_finds_each_settings_optimum_and_the_defaults_gap(tmp_path, capsys):
     """Two donor grids (embedding std × init scale × output multiplier × lr, two seeds): the report takes the
     seed-mean loss at each lr, the best lr per combination, a diverged seed makes its lr unusable, a run with the
