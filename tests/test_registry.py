@@ -139,8 +139,10 @@ def test_the_shipped_declarations():
     assert {n for n, s in optim.OPTIMIZERS.items() if s.needs_whole_matrices} == {"muon", "adafactor"}
     assert parametrization.titles() == {"sp": "SP (standard parametrization)",
                                         "mup": "µP (maximal update parametrization)",
-                                        "umup": "u-µP (unit-scaled µP)"}
-    assert parametrization.sweep_offsets() == {"sp": range(-3, 2), "mup": range(-2, 3), "umup": range(-2, 3)}
+                                        "umup": "u-µP (unit-scaled µP)",
+                                        "abc": "abc-parametrization (per-kind exponents)"}
+    assert parametrization.sweep_offsets() == {"sp": range(-3, 2), "mup": range(-2, 3), "umup": range(-2, 3),
+                                               "abc": range(-3, 3)}
 
 
 # ------------------------------------------------------------------------- the toys in the studies' tables
