@@ -208,6 +208,7 @@ def test_completep_updates_are_flat_in_depth_and_width_only_mup_updates_grow(dep
         assert abs(alpha1["residual_last"]) < 0.3, (step, alpha1)
 
 
+@pytest.mark.slow  # a second depth check; the depth rules stay fast above, on depth_result
 def test_with_mups_defaults_completep_keeps_updates_flat_but_its_stream_starts_smaller_when_deeper(
         depth_result_defaults):
     """With µP's shipped init (σ 0.5/sqrt(width), 3-4x GPT-2's at this width) the blocks are a visible part of the

@@ -50,6 +50,7 @@ def test_short_run_learns_and_writes_summary(make_cfg, parametrization):
     assert (Path(cfg.output_dir) / "config.yaml").read_text().count("parametrization") >= 1
 
 
+@pytest.mark.slow  # GPT-2's tokenizer and data; the same claim on the model, fast: test_model.py
 def test_loss_at_initialisation_is_log_vocab(make_cfg):
     """Before training, the model predicts every token as about equally likely."""
     cfg = make_cfg("data.tokenizer=gpt2", "model.block_size=64")
