@@ -95,8 +95,10 @@ def test_the_groups_offer_the_options_not_the_typed_schemas():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         optims, params = loader.get_group_options("optim"), loader.get_group_options("parametrization")
-        assert {"adamw", "muon", "sgd"} <= set(optims) and {"mup", "sp", "umup"} <= set(params)
-        assert not [name for name in optims + params if "schema" in name]
+        data = loader.get_group_options("data")
+        assert {"adamw", "muon", "sgd"} <= set(optims) and {"abc", "mup", "sp", "umup"} <= set(params)
+        assert set(data) == {"hf", "shakespeare", "shards", "text"}
+        assert not [name for name in optims + params + data if "schema" in name]
         assert {"schema_optim_muon", "schema_parametrization_mup"} <= set(loader.get_group_options(""))
     with pytest.raises(ConfigError, match="optim.lr"):  # the schemas still type what composes
         check_overrides(["optim=muon", "optim.lr=abc"])
@@ -110,7 +112,8 @@ def test_help_lists_the_options_not_the_typed_schemas(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr
     lines = {line.split(":")[0]: line for line in proc.stdout.splitlines() if ": " in line}
     assert lines["optim"] == ("optim: adafactor, adagrad, adam, adam8bit, adam_atan2, adamw, muon, rmsprop, sgd")
-    assert lines["parametrization"] == "parametrization: mup, sp, umup"
-    assert "schema_optim" not in proc.stdout and "schema_parametrization" not in proc.stdout
+    assert lines["parametrization"] == "parametrization: abc, mup, sp, umup"
+    assert lines["data"] == "data: hf, shakespeare, shards, text"
+    assert "schema" not in proc.stdout
     with pytest.raises(ConfigError, match="optim.lr"):  # the schemas still type what composes
         check_overrides(["optim=muon", "optim.lr=abc"])
