@@ -3,7 +3,7 @@
 Each group carries its own `lr` (the base learning rate times the parametrization's multiplier) and
 `weight_decay`; schedules multiply every group by the same factor, so µP's per-group ratios survive.
 
-The optimizer zoo (optim.name): adamw, adam, sgd, adagrad, rmsprop, adafactor, adam8bit, adam_atan2, muon. Each one
+The optimizer zoo (optim=NAME, one yaml each in conf/optim/; OPTIMIZERS lists what is declared). Each one
 takes the groups as given and is declared once, with the `optimizer` decorator on its factory, as an OptimizerSpec
 in OPTIMIZERS: its µP family ("adam", "sgd" or "muon": the learning-rate rule
 `MaximalUpdateParametrization.lr_multiplier` applies to it), its typed config (mugpt.config), its title, whether its
