@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from mugpt.config import compose_training_config, script_option
 from mugpt.core.optim import OPTIMIZERS
+from mugpt.rundir import metrics_csv
 from mugpt.studies.grid import run_grid
 
 log = logging.getLogger("compare_optimizers")
@@ -132,7 +133,7 @@ def plan_runs(opts: Options) -> tuple[list[Run], dict[str, str]]:
 def read_history(output_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(step, val/loss) and (step, train/loss) from the CSV logger's metrics.csv."""
     val, train = [], []
-    with open(output_dir / "csv" / "version_0" / "metrics.csv", newline="") as f:
+    with open(metrics_csv(output_dir), newline="") as f:
         for row in csv.DictReader(f):
             for key, out in (("val/loss", val), ("train/loss", train)):
                 if row.get(key):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mugpt.core.parametrization import sweep_offsets
+from mugpt.rundir import read_summary
 from mugpt.studies.grid import ROOT, run_grid
 from mugpt.studies.optimizer_transfer import DONOR_WIDTH, TARGET_WIDTH
 from mugpt.studies.stats import format_ci, format_sd
@@ -63,7 +64,7 @@ def run_rival(name: str) -> tuple[list[dict], dict]:
     target = sweep(RUNS / name / "target", param, TARGET_WIDTH, lrs, fixed)
     if (edge := log2_best(donor + target, TARGET_WIDTH)) in (lrs[0], lrs[-1]):  # its best on the edge: one octave on
         target += sweep(RUNS / name / "beyond", param, TARGET_WIDTH, [edge + (1 if edge == lrs[-1] else -1)], fixed)
-    seconds = [json.loads(Path(r["output_dir"], "summary.json").read_text())["wall_seconds"] for r in new + target]
+    seconds = [read_summary(r["output_dir"])["wall_seconds"] for r in new + target]
     return donor + target, {**info, "new_runs": len(seconds), "new_run_minutes": sum(seconds) / 60}
 
 

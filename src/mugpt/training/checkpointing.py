@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mugpt.errors import CheckpointWriteError
-from mugpt.rundir import CHECKPOINT_DIR
+from mugpt.rundir import CHECKPOINT_DIR, overrides_path
 from mugpt.rundir import LAST_CHECKPOINT as LAST
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ def after_interruption(summary: dict, multirun: bool, job: int | None = None) ->
 
 
 def _identity(run_dir: Path) -> list[str] | None:
-    overrides = run_dir / ".hydra" / "overrides.yaml"
+    overrides = overrides_path(run_dir)
     if not overrides.is_file():
         return None
     return sorted(o for o in yaml.safe_load(overrides.read_text()) or [] if not o.lstrip("+~").startswith(NOT_IDENTITY))

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mugpt.errors import INPUT_ERRORS, ConfigError, RunInterrupted, as_config_error
-from mugpt.rundir import REFUSED_SUMMARY_FILE, SUMMARY_FILE, last_checkpoint, write_summary
+from mugpt.rundir import HYDRA_DIR, REFUSED_SUMMARY_FILE, SUMMARY_FILE, last_checkpoint, write_summary
 from mugpt.training.loggers import finish_wandb, load_env
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def _trained_summary(path: Path) -> bool:
 
 # What Hydra writes into a run directory before the task runs (its config, src/train.py's log), and what a refused
 # task adds: a launch refused before any work leaves nothing else there, so its folder can go.
-LAUNCH_ONLY = {".hydra", "train.log", SUMMARY_FILE, REFUSED_SUMMARY_FILE}
+LAUNCH_ONLY = {HYDRA_DIR, "train.log", SUMMARY_FILE, REFUSED_SUMMARY_FILE}
 
 
 def remove_refused_launch(run_dir: Path) -> None:

@@ -11,20 +11,13 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mugpt.rundir import read_config, summaries_under
+
 CSV_COLUMNS = ("parametrization", "width", "lr", "seed", "val_loss", "status", "output_dir")
 
 
 def _as_dirs(sweep_dirs: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(sweep_dirs)] if isinstance(sweep_dirs, (str, Path)) else [Path(d) for d in sweep_dirs]
-
-
-def _run_config(folder: Path) -> Any:
-    """The run's config: config.yaml (resolved, written by training), else Hydra's .hydra/config.yaml (written
-    before the job starts, so a run refused before training still has one; its interpolations read as None)."""
-    for path in (folder / "config.yaml", folder / ".hydra" / "config.yaml"):
-        if path.is_file():
-            return OmegaConf.load(path)
-    return None
 
 
 def _plain(value: Any) -> Any:
@@ -46,7 +39,7 @@ def read_summaries(sweep_dir: str | Path | Sequence[str | Path], keys: Sequence[
     for folder in dirs:
         if not folder.is_dir():
             raise FileNotFoundError(f"sweep directory not found: {folder}")
-        for path in sorted(folder.rglob("summary.json")):
+        for path in summaries_under(folder):
             s = json.loads(path.read_text())
             if s.get("lr") is None or s.get("width") is None:
                 continue
@@ -56,7 +49,7 @@ def read_summaries(sweep_dir: str | Path | Sequence[str | Path], keys: Sequence[
                    "val_loss": float(loss) if loss is not None else math.nan,
                    "status": s.get("status", "failed"), "output_dir": str(path.parent)}
             if keys:
-                config = _run_config(path.parent)
+                config = read_config(path.parent)
                 # training saves config.yaml resolved; an unresolvable value still must not stop the report
                 row.update({key: _plain(OmegaConf.select(config, key, throw_on_resolution_failure=False))
                             if config is not None else None for key in keys})
