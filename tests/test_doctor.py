@@ -62,7 +62,13 @@ MEASURED = {"init.hidden", "mult.readout", "attn_scale", "lr.hidden", "lr.embedd
             "update.hidden", "update.embedding", "activation.hidden", "logits_change", "stream_change"}
 
 
-@pytest.mark.parametrize("label", list(CORRECT))
+# The fast tier holds SP and µP with AdamW; the other correct configurations (about a second apiece) run in the
+# slow tier, while the bugs the doctor must catch under Muon and CompleteP stay fast (test_injected_bug_...).
+SLOW_CORRECT = {"completep-adamw", "umup-adamw", "mup-muon", "mup-sgd"}
+
+
+@pytest.mark.parametrize("label", [pytest.param(label, marks=pytest.mark.slow) if label in SLOW_CORRECT else label
+                                   for label in CORRECT])
 def test_correct_configurations_raise_no_alarm_over_3_seeds(tokens, label):
     parametrization, optimizer, model = CORRECT[label]
     report = run(tokens, parametrization, optimizer, model, seeds=(0, 1, 2))
