@@ -503,6 +503,7 @@ def test_pipeline_refuses_bad_targets_before_any_run(tmp_path, options, message)
     assert message in str(refused.value) and "\n" not in str(refused.value) and trained == []
 
 
+@pytest.mark.slow  # composes every run of the real configs; the pipeline's checks stay fast above
 def test_depth_transfer_composes_for_both_parametrizations(tmp_path, cache_dir):
     """The real configs: the donor's depth is mutransfer_lr's (2), read by composing it; SP accepts the
     base_depth every run gets (`++`: its config has no such key), µP runs CompleteP at the target's depth; every

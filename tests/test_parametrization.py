@@ -168,6 +168,7 @@ def test_mup_survives_deepcopy_and_checkpoint_roundtrip():
     assert fresh.lm_head.width_mult() == 4.0
 
 
+@pytest.mark.slow  # torch.compile's first build; a compiled model stays fast in test_training.py's checkpoint test
 def test_mup_survives_torch_compile():
     torch.manual_seed(0)
     model = mup().build_model(config(2 * BASE))
